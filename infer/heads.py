@@ -1,0 +1,254 @@
+"""Medusa heads: K small residual MLPs on the base model's last hidden state.
+
+Head k (0-based) predicts the token at position t+k+2 from the hidden state at t (the base lm_head predicts t+1).
+Each head is L residual blocks ``x + SiLU(W x + b)`` with distinct weights per layer, followed by a vocabulary
+projection: either the head's own (``layout="own_lm_head"``, Medusa-1's layout, initialised from the base lm_head)
+or the base model's lm_head, shared and frozen (``layout="shared_lm_head"``, a few MB on disk).
+
+On disk: ``config.json`` (see :class:`MedusaConfig`) + ``model.safetensors``. The original FasterDecoding
+Medusa-1 layout (``medusa_lm_head.pt`` / ``.safetensors``) loads too, see :func:`load_medusa1`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+LAYOUTS = ("shared_lm_head", "own_lm_head")
+
+
+class HeadsError(ValueError):
+    """Heads that cannot be loaded or do not match their base model."""
+
+
+@dataclass
+class MedusaConfig:
+    hidden_size: int  # base model hidden size
+    vocab_size: int  # base model vocabulary size
+    medusa_num_heads: int = 4  # K: head k predicts token t+k+2
+    medusa_num_layers: int = 1  # L: residual blocks per head
+    layout: str = "shared_lm_head"  # "shared_lm_head" (frozen base lm_head) or "own_lm_head" (Medusa-1)
+    base_model_name_or_path: str = ""  # Hub id of the base model (never a local path when pushed)
+    base_model_revision: str | None = None  # base model revision the heads were trained against
+    head_vocab: list[int] | None = field(default=None, repr=False)  # optional reduced candidate vocabulary
+    model_type: str = "medusa_heads"
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise HeadsError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.medusa_num_heads < 1 or self.medusa_num_layers < 0:
+            raise HeadsError("medusa_num_heads must be >= 1 and medusa_num_layers >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MedusaConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise HeadsError(f"unknown keys in heads config: {sorted(unknown)}")
+        return cls(**d)
+
+
+class ResBlock(nn.Module):
+    """x + SiLU(W x + b); W starts at zero so an untrained head equals its projection."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, hidden_size)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.linear(x))
+
+
+class MedusaHeads(nn.Module):
+    """K heads. ``forward(hidden, lm_head)`` -> logits ``[K, *hidden.shape[:-1], V]``.
+
+    With the shared layout, pass the base model's output embedding as ``lm_head``; it is not part of this module's
+    state dict. With ``config.head_vocab`` set, logits cover only that reduced vocabulary (``[..., V_head]``) and
+    :meth:`to_full_vocab` maps indices back.
+    """
+
+    def __init__(self, config: MedusaConfig):
+        super().__init__()
+        self.config = config
+        K, L, H, V = config.medusa_num_heads, config.medusa_num_layers, config.hidden_size, config.vocab_size
+        self.blocks = nn.ModuleList([nn.Sequential(*[ResBlock(H) for _ in range(L)]) for _ in range(K)])
+        if config.layout == "own_lm_head":
+            self.lm_heads = nn.ModuleList([nn.Linear(H, V, bias=False) for _ in range(K)])
+        else:
+            self.lm_heads = None
+        vocab = torch.tensor(config.head_vocab if config.head_vocab is not None else [], dtype=torch.long)
+        self.register_buffer("head_vocab", vocab, persistent=False)
+
+    @property
+    def num_heads(self) -> int:
+        return self.config.medusa_num_heads
+
+    def init_from_lm_head(self, lm_head: nn.Module) -> None:
+        """Medusa-1 initialisation: each own projection starts as a copy of the base lm_head."""
+        if self.lm_heads is not None:
+            for proj in self.lm_heads:
+                proj.weight.data.copy_(lm_head.weight.data.to(proj.weight.dtype))
+
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., H] -> [K, ..., H]: the residual blocks of every head."""
+        return torch.stack([blocks(hidden) for blocks in self.blocks])
+
+    def forward(self, hidden: torch.Tensor, lm_head: nn.Module | None = None) -> torch.Tensor:
+        feats = self.features(hidden)  # [K, ..., H]
+        shape = feats.shape
+        if self.lm_heads is not None:
+            weight = torch.stack([p.weight for p in self.lm_heads])  # [K, V, H]
+            if self.head_vocab.numel():
+                weight = weight[:, self.head_vocab]  # [K, V_head, H]
+            flat = feats.reshape(shape[0], -1, shape[-1]).to(weight.dtype)  # [K, N, H]
+            logits = torch.bmm(flat, weight.transpose(1, 2))  # [K, N, V]
+        else:
+            if lm_head is None:
+                raise HeadsError("shared_lm_head layout: pass the base model's lm_head to forward()")
+            weight = self._shared_weight(lm_head)  # [V or V_head, H]
+            logits = nn.functional.linear(feats.reshape(-1, shape[-1]).to(weight.dtype), weight)
+        return logits.reshape(*shape[:-1], logits.shape[-1])
+
+    def _shared_weight(self, lm_head: nn.Module) -> torch.Tensor:
+        """The base lm_head weight, restricted to the head vocabulary (sliced once, then cached)."""
+        weight = lm_head.weight
+        if not self.head_vocab.numel():
+            return weight
+        key = (weight.data_ptr(), weight.dtype, weight.device, weight._version)
+        if getattr(self, "_sliced_key", None) != key:
+            self._sliced = weight.detach()[self.head_vocab.to(weight.device)]
+            self._sliced_key = key
+        return self._sliced
+
+    def to_full_vocab(self, idx: torch.Tensor) -> torch.Tensor:
+        """Indices into the head vocabulary -> token ids of the base vocabulary."""
+        return self.head_vocab[idx] if self.head_vocab.numel() else idx
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, CONFIG_NAME), "w") as f:
+            json.dump(self.config.to_dict(), f, indent=2)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, revision: str | None = None, token: str | None = None) -> MedusaHeads:
+        """Load from a local folder or a Hub id; either our format or the original Medusa-1 layout."""
+        folder = resolve_heads_path(name_or_path, revision=revision, token=token)
+        with open(os.path.join(folder, CONFIG_NAME)) as f:
+            raw = json.load(f)
+        if raw.get("model_type") != "medusa_heads" and "medusa_num_heads" in raw and "hidden_size" not in raw:
+            return load_medusa1(folder)
+        if not os.path.exists(os.path.join(folder, WEIGHTS_NAME)):
+            if any(os.path.exists(os.path.join(folder, n)) for n in MEDUSA1_FILES):
+                return load_medusa1(folder)
+            raise HeadsError(f"{folder}: no {WEIGHTS_NAME}")
+        heads = cls(MedusaConfig.from_dict(raw))
+        state = load_file(os.path.join(folder, WEIGHTS_NAME))
+        missing, unexpected = heads.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise HeadsError(f"{folder}: weights do not match config (missing {missing}, unexpected {unexpected})")
+        return heads
+
+    def check_base(self, model) -> None:
+        """Fail clearly when the heads were built for another hidden size or vocabulary."""
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        lm_head = model.get_output_embeddings()
+        vocab = lm_head.weight.shape[0] if lm_head is not None else cfg.vocab_size
+        if cfg.hidden_size != self.config.hidden_size:
+            raise HeadsError(
+                f"heads expect hidden size {self.config.hidden_size}, base model has {cfg.hidden_size} "
+                f"(heads were trained for {self.config.base_model_name_or_path or 'another model'})"
+            )
+        if vocab != self.config.vocab_size:
+            raise HeadsError(
+                f"heads expect a vocabulary of {self.config.vocab_size}, base model has {vocab} "
+                f"(heads were trained for {self.config.base_model_name_or_path or 'another model'})"
+            )
+
+
+def resolve_heads_path(name_or_path: str, revision: str | None = None, token: str | None = None) -> str:
+    """A local folder as is; otherwise download the heads repo from the Hub (config + weights + calibration)."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.exists(name_or_path) or name_or_path.startswith((".", "/")) or name_or_path.count("/") != 1:
+        raise HeadsError(f"heads not found: {name_or_path!r} is neither a folder nor a Hub repo id (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(
+            name_or_path,
+            revision=revision,
+            token=token,
+            allow_patterns=["*.json", "*.safetensors", "medusa_lm_head.pt", "*.yaml", "*.md"],
+        )
+    except Exception as e:  # network, 404, auth: one clear message
+        raise HeadsError(f"could not fetch heads {name_or_path!r} from the Hub: {e}") from e
+
+
+# ---------------------------------------------------------------------- original Medusa-1 layout
+MEDUSA1_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
+
+
+def load_medusa1(folder: str) -> MedusaHeads:
+    """FasterDecoding Medusa-1: keys ``{h}.{l}.linear.weight/bias`` and ``{h}.{L}.weight`` (own projections).
+
+    Its config may list fewer heads than the file holds (their released checkpoints say 3 but store 5): the
+    file is the truth, and all heads it holds are loaded.
+    """
+    with open(os.path.join(folder, CONFIG_NAME)) as f:
+        raw = json.load(f)
+    for name in MEDUSA1_FILES:
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            break
+    else:
+        raise HeadsError(f"{folder}: Medusa-1 config but neither of {MEDUSA1_FILES}")
+    if path.endswith(".safetensors"):
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    pat = re.compile(r"^(\d+)\.(\d+)\.(linear\.weight|linear\.bias|weight)$")
+    heads_idx, layers_idx = set(), set()
+    for key in state:
+        m = pat.match(key)
+        if not m:
+            raise HeadsError(f"{path}: unexpected key {key!r} for the Medusa-1 layout")
+        heads_idx.add(int(m.group(1)))
+        if m.group(3).startswith("linear"):
+            layers_idx.add(int(m.group(2)))
+    K, L = len(heads_idx), len(layers_idx)
+    proj = state[f"0.{L}.weight"]
+    cfg = MedusaConfig(
+        hidden_size=proj.shape[1],
+        vocab_size=proj.shape[0],
+        medusa_num_heads=K,
+        medusa_num_layers=L,
+        layout="own_lm_head",
+        base_model_name_or_path=raw.get("base_model_name_or_path", ""),
+    )
+    heads = MedusaHeads(cfg)
+    ours = {}
+    for h in range(K):
+        for layer in range(L):
+            ours[f"blocks.{h}.{layer}.linear.weight"] = state[f"{h}.{layer}.linear.weight"]
+            ours[f"blocks.{h}.{layer}.linear.bias"] = state[f"{h}.{layer}.linear.bias"]
+        ours[f"lm_heads.{h}.weight"] = state[f"{h}.{L}.weight"]
+    heads.load_state_dict(ours, strict=True)
+    return heads
