@@ -93,7 +93,9 @@ def load_base_model(
 
     path = resolve_model_path(name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=revision, trust_remote_code=trust_remote_code
+        )
         model = AutoModelForCausalLM.from_pretrained(
             path, revision=revision, dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code
         )

@@ -148,7 +148,9 @@ class MedusaHeads(nn.Module):
         save_file(state, os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, revision: str | None = None, token: str | None = None) -> MedusaHeads:
+    def from_pretrained(
+        cls, name_or_path: str, revision: str | None = None, token: str | None = None
+    ) -> MedusaHeads:
         """Load from a local folder or a Hub id; either our format or the original Medusa-1 layout."""
         folder = resolve_heads_path(name_or_path, revision=revision, token=token)
         with open(os.path.join(folder, CONFIG_NAME)) as f:
@@ -163,7 +165,9 @@ class MedusaHeads(nn.Module):
         state = load_file(os.path.join(folder, WEIGHTS_NAME))
         missing, unexpected = heads.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise HeadsError(f"{folder}: weights do not match config (missing {missing}, unexpected {unexpected})")
+            raise HeadsError(
+                f"{folder}: weights do not match config (missing {missing}, unexpected {unexpected})"
+            )
         return heads
 
     def check_base(self, model) -> None:
@@ -188,7 +192,9 @@ def resolve_heads_path(name_or_path: str, revision: str | None = None, token: st
     if os.path.isdir(name_or_path):
         return name_or_path
     if os.path.exists(name_or_path) or name_or_path.startswith((".", "/")) or name_or_path.count("/") != 1:
-        raise HeadsError(f"heads not found: {name_or_path!r} is neither a folder nor a Hub repo id (owner/name)")
+        raise HeadsError(
+            f"heads not found: {name_or_path!r} is neither a folder nor a Hub repo id (owner/name)"
+        )
     from huggingface_hub import snapshot_download
 
     try:

@@ -1,0 +1,369 @@
+"""Medusa decoding on an unmodified ``AutoModelForCausalLM``: small free functions over tensors.
+
+One step: the heads' top-m tokens -> a tree (static or dynamic) -> one forward of the tree tokens with a 4-D
+attention mask and explicit position ids against the KV cache -> acceptance (greedy, typical or lossless tree
+speculative sampling) -> keep only the accepted path's KV entries (:func:`compact_kv`) -> the heads run on the
+one hidden state they need. The model code knows nothing of speculation. Batch size is 1.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .tree import Tree, dynamic_tree, static_tree, tree_buffers, tree_tokens
+
+ACCEPTANCE = ("greedy", "typical", "sample")
+TREES = ("dynamic", "static", "none")
+
+# A small static tree (paths of per-head ranks) used when --tree static is asked without a choice list.
+DEFAULT_CHOICES = [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 0, 0, 0)]
+
+
+@dataclass
+class DecodeConfig:
+    tree: str = "dynamic"  # "dynamic" (n best paths each step), "static" (medusa_choices) or "none" (plain)
+    node_budget: int = 64  # n: candidate nodes in the dynamic tree (the root not counted)
+    top_m: int = 8  # m: candidates taken from each head
+    depth: int | None = None  # heads used (tree depth); None = all heads
+    medusa_choices: list | None = None  # static tree paths; None = DEFAULT_CHOICES
+    acceptance: str = "greedy"  # "greedy" (lossless), "typical" (Medusa) or "sample" (lossless sampling)
+    temperature: float = 0.0  # sampling temperature for "typical" and "sample"
+    posterior_threshold: float = 0.09  # typical acceptance: epsilon
+    posterior_alpha: float = 0.3  # typical acceptance: alpha (~ sqrt of epsilon)
+    max_new_tokens: int = 256  # stop after this many new tokens
+    calibration: Callable | None = None  # maps head log-probs [K, m] -> calibrated log-probs [K, m]
+
+    def __post_init__(self):
+        if self.tree not in TREES:
+            raise ValueError(f"tree must be one of {TREES}, got {self.tree!r}")
+        if self.acceptance not in ACCEPTANCE:
+            raise ValueError(f"acceptance must be one of {ACCEPTANCE}, got {self.acceptance!r}")
+        if self.acceptance != "greedy" and self.temperature <= 0:
+            raise ValueError(f"acceptance {self.acceptance!r} needs temperature > 0 (use greedy for 0)")
+        if self.node_budget < 1 or self.top_m < 1 or self.max_new_tokens < 1:
+            raise ValueError("node_budget, top_m and max_new_tokens must be >= 1")
+
+
+@dataclass
+class DecodeResult:
+    tokens: list[int]  # new tokens
+    accept_lengths: list[int] = field(default_factory=list)  # tokens emitted per step (bonus counted)
+    time_total: float = 0.0  # seconds, prefill included
+    time_prefill: float = 0.0
+    time_tree: float = 0.0  # building trees (candidates, masks, positions)
+    time_heads: float = 0.0  # running the heads
+    time_verify: float = 0.0  # tree forward passes
+    predicted: list[float] = field(default_factory=list)  # expected tokens/step predicted by the tree scores
+
+    @property
+    def steps(self) -> int:
+        return len(self.accept_lengths)
+
+    @property
+    def tokens_per_step(self) -> float:
+        return sum(self.accept_lengths) / max(1, self.steps)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.tokens) / max(1e-9, self.time_total - self.time_prefill)
+
+
+# ------------------------------------------------------------------------------------------- model plumbing
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The transformer body (returns last hidden states, post final norm) and the output projection."""
+    return model.get_decoder(), model.get_output_embeddings()
+
+
+def forward_hidden(decoder, input_ids, cache, position_ids, attention_mask=None) -> torch.Tensor:
+    """input_ids [1, T] -> last hidden states [1, T, H], appending T entries to ``cache``."""
+    out = decoder(
+        input_ids=input_ids,
+        **{_cache_kwarg(decoder): cache},
+        position_ids=position_ids,
+        attention_mask=attention_mask,
+        use_cache=True,
+    )
+    return out.last_hidden_state
+
+
+def _cache_kwarg(decoder) -> str:
+    """transformers >= 5.3x names the cache argument ``cache``; older versions ``past_key_values``."""
+    name = getattr(decoder, "_medusa_cache_kwarg", None)
+    if name is None:
+        name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        decoder._medusa_cache_kwarg = name
+    return name
+
+
+def project(model, lm_head, hidden: torch.Tensor) -> torch.Tensor:
+    """Hidden [..., H] -> logits [..., V] in fp32, with the model's final logit soft-capping if it has one."""
+    logits = lm_head(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def tree_attention_mask(tree_mask: torch.Tensor, prefix_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """[T, T] bool -> additive 4-D mask [1, 1, T, prefix_len + T]: the prefix is visible to every node."""
+    T = tree_mask.shape[0]
+    mask = torch.zeros(1, 1, T, prefix_len + T, dtype=dtype, device=tree_mask.device)
+    mask[0, 0, :, prefix_len:].masked_fill_(~tree_mask, torch.finfo(dtype).min)
+    return mask
+
+
+def cache_layers(cache):
+    """(keys, values, setter) for every layer of a transformers KV cache, old and new APIs."""
+    if hasattr(cache, "layers"):
+        return [(layer, "keys", "values") for layer in cache.layers]
+    return [(cache, ("key_cache", i), ("value_cache", i)) for i in range(len(cache.key_cache))]
+
+
+def compact_kv(cache, prefix_len: int, keep: torch.Tensor) -> None:
+    """Keep only the tree positions ``keep`` [A] (ascending, tree-relative) after ``prefix_len`` cached tokens.
+
+    After it, the cache holds prefix + the accepted path, exactly as if those tokens had been decoded one by one.
+    """
+    A = keep.numel()
+    contiguous = bool((keep == torch.arange(A, device=keep.device)).all())
+    idx = keep + prefix_len
+    for obj, kname, vname in cache_layers(cache):
+        for name in (kname, vname):
+            if isinstance(name, tuple):
+                lst, i = getattr(obj, name[0]), name[1]
+                t = lst[i]
+            else:
+                t = getattr(obj, name)
+            if not contiguous:
+                t[..., prefix_len : prefix_len + A, :] = t[..., idx, :]
+            t = t[..., : prefix_len + A, :]
+            if isinstance(name, tuple):
+                lst[i] = t
+            else:
+                setattr(obj, name, t)
+
+
+# ----------------------------------------------------------------------------------------------- acceptance
+def typical_ok(probs: torch.Tensor, cfg: DecodeConfig) -> torch.Tensor:
+    """[T, V] probabilities -> [T, V] bool: Medusa's typical acceptance, p > min(eps, alpha * exp(-entropy))."""
+    entropy = -(probs * probs.clamp_min(1e-10).log()).sum(-1, keepdim=True)
+    return probs > torch.minimum(
+        torch.full_like(entropy, cfg.posterior_threshold), cfg.posterior_alpha * (-entropy).exp()
+    )
+
+
+def sample_from(probs: torch.Tensor, generator=None) -> int:
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def accept_deterministic(
+    tree: Tree, mask: torch.Tensor, tokens: torch.Tensor, logits: torch.Tensor, cfg, gen
+):
+    """Greedy or typical acceptance, vectorised over nodes.
+
+    tokens [T], logits [T, V] -> (accepted path positions [A] ascending, next root token).
+    A node is correct when its token is what its parent's logits accept; it is accepted when it and all its
+    ancestors are correct; the deepest accepted node wins (first in tree order on ties: the most probable).
+    """
+    if cfg.acceptance == "greedy":
+        pred = logits.argmax(-1)  # [T]
+        correct = tokens == pred[tree.parents]
+    else:
+        probs = torch.softmax(logits / cfg.temperature, -1)
+        ok = typical_ok(probs, cfg)  # [T, V]
+        correct = ok[tree.parents, tokens]
+    correct[0] = True
+    accepted = (mask.to(torch.int32) @ (~correct).to(torch.int32)) == 0  # [T]: no wrong ancestor
+    best = int(torch.argmax(tree.depth * accepted))
+    path = mask[best].nonzero().squeeze(1)
+    if cfg.acceptance == "greedy":
+        return path, int(pred[best])
+    trunc = probs[best] * ok[best]
+    return path, sample_from(trunc / trunc.sum(), gen)
+
+
+def accept_sample(tree: Tree, tokens: torch.Tensor, logits: torch.Tensor, cfg, gen):
+    """Lossless tree speculative sampling (recursive rejection sampling, as SpecInfer/EAGLE).
+
+    The candidates are deterministic (top-m of the heads), so a child token x is accepted with probability
+    r(x) under the current residual r (which starts as the target distribution p at the parent); on rejection
+    r(x) is zeroed and r renormalised. If no child is accepted, the next token is drawn from r. The output is
+    distributed exactly as p at every position. Walks only the accepted path: at most depth x m checks.
+    """
+    probs = torch.softmax(logits / cfg.temperature, -1)  # [T, V]
+    parents, toks = tree.parents.tolist(), tokens.tolist()
+    children: dict[int, list[int]] = {}
+    for i in range(1, len(parents)):
+        children.setdefault(parents[i], []).append(i)
+    cur, path = 0, [0]
+    uniforms = torch.rand(len(parents), generator=gen).tolist()
+    while True:
+        residual = probs[cur].clone()
+        for c in children.get(cur, []):
+            x = toks[c]
+            if uniforms[c] < float(residual[x]):
+                cur = c
+                path.append(c)
+                break
+            residual[x] = 0.0
+            residual /= residual.sum()
+        else:
+            return torch.tensor(path, device=tokens.device), sample_from(residual, gen)
+
+
+# --------------------------------------------------------------------------------------------- the decoder
+@torch.no_grad()
+def head_candidates(
+    heads, lm_head, hidden: torch.Tensor, cfg: DecodeConfig, m: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden [H] at the last accepted position -> (top-m token ids [K, m], log-probs [K, m])."""
+    logits = heads(hidden, lm_head).float()  # [K, V or V_head]
+    if cfg.depth is not None:
+        logits = logits[: cfg.depth]
+    logp = torch.log_softmax(logits, -1)
+    top_logp, top_idx = torch.topk(logp, min(m, logp.shape[-1]), dim=-1)
+    return heads.to_full_vocab(top_idx), top_logp
+
+
+def eos_ids(model, tokenizer=None) -> set[int]:
+    ids = getattr(model.generation_config, "eos_token_id", None)
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return set(ids)
+
+
+def _now(device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _emit(result: DecodeResult, new: list[int], eos: set[int], cfg: DecodeConfig, on_tokens) -> bool:
+    """Append new tokens, cut at eos and max_new_tokens; True when generation is over."""
+    room = cfg.max_new_tokens - len(result.tokens)
+    new = new[:room]
+    done = len(new) == room
+    for i, t in enumerate(new):
+        if t in eos:
+            new, done = new[: i + 1], True
+            break
+    result.tokens.extend(new)
+    if on_tokens is not None and new:
+        on_tokens(new)
+    return done
+
+
+@torch.no_grad()
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    heads=None,
+    cfg: DecodeConfig | None = None,
+    eos: set[int] | None = None,
+    on_tokens: Callable[[list[int]], None] | None = None,
+    generator: torch.Generator | None = None,
+) -> DecodeResult:
+    """Decode from ``input_ids`` [1, L]. With ``cfg.tree == "none"`` (or no heads) it is plain decoding with the
+    same machinery, the fair baseline. ``on_tokens`` receives the tokens of each step (for streaming)."""
+    from transformers import DynamicCache
+
+    cfg = cfg or DecodeConfig()
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"input_ids must be [1, L] (batch size 1), got {tuple(input_ids.shape)}")
+    if input_ids.shape[1] == 0:
+        raise ValueError("empty prompt")
+    eos = eos_ids(model) if eos is None else eos
+    device = input_ids.device
+    decoder, lm_head = decoder_and_head(model)
+    plain = cfg.tree == "none" or heads is None
+    static = None
+    if not plain and cfg.tree == "static":
+        max_d = heads.num_heads if cfg.depth is None else min(cfg.depth, heads.num_heads)
+        choices = cfg.medusa_choices or [c for c in DEFAULT_CHOICES if len(c) <= max_d]
+        static = static_tree(choices)
+        if static.max_depth > max_d:
+            raise ValueError(f"the static tree is {static.max_depth} deep but only {max_d} heads are used")
+        static_buffers = tree_buffers(static)
+    top_m = cfg.top_m if static is None else int(static.rank.max()) + 1
+    result = DecodeResult(tokens=[])
+    dtype = next(model.parameters()).dtype
+    t_start = _now(device)
+
+    # Prefill: logits only at the last position; the heads on its hidden state.
+    cache = DynamicCache(config=model.config)
+    L = input_ids.shape[1]
+    hidden = forward_hidden(decoder, input_ids, cache, torch.arange(L, device=device)[None])[0, -1]  # [H]
+    logits = project(model, lm_head, hidden)  # [V]
+    root = _pick(logits, cfg, generator)
+    result.time_prefill = _now(device) - t_start
+    done = _emit(result, [root], eos, cfg, on_tokens)
+
+    while not done:
+        prefix = cache.get_seq_length()
+        if plain:
+            t0 = _now(device)
+            ids = torch.tensor([[root]], device=device)
+            hidden = forward_hidden(decoder, ids, cache, torch.tensor([[prefix]], device=device))[0, -1]
+            root = _pick(project(model, lm_head, hidden), cfg, generator)
+            result.time_verify += _now(device) - t0
+            result.accept_lengths.append(1)
+            done = _emit(result, [root], eos, cfg, on_tokens)
+            continue
+
+        t0 = _now(device)
+        top_tokens, top_logp = head_candidates(heads, lm_head, hidden, cfg, top_m)  # [K, m] each
+        t1 = _now(device)
+        if static is not None:
+            tree, buffers = static, static_buffers
+        else:
+            logp = cfg.calibration(top_logp) if cfg.calibration is not None else top_logp
+            tree = dynamic_tree(logp, cfg.node_budget)
+            buffers = tree_buffers(tree)
+        tokens = tree_tokens(tree, torch.tensor(root, device=device), top_tokens)  # [T]
+        mask4d = tree_attention_mask(buffers.tree_mask, prefix, dtype)
+        positions = (buffers.position_offsets + prefix)[None]
+        result.predicted.append(
+            expected_tokens(tree, buffers.tree_mask, logp if static is None else top_logp)
+        )
+        t2 = _now(device)
+        hiddens = forward_hidden(decoder, tokens[None], cache, positions, mask4d)[0]  # [T, H]
+        logits = project(model, lm_head, hiddens)  # [T, V]
+        if cfg.acceptance == "sample":
+            path, root = accept_sample(tree, tokens, logits, cfg, generator)
+        else:
+            path, root = accept_deterministic(tree, buffers.tree_mask, tokens, logits, cfg, generator)
+        compact_kv(cache, prefix, path)
+        hidden = hiddens[path[-1]]
+        t3 = _now(device)
+        result.time_heads += t1 - t0
+        result.time_tree += t2 - t1
+        result.time_verify += t3 - t2
+        new = tokens[path[1:]].tolist() + [root]
+        result.accept_lengths.append(len(new))
+        done = _emit(result, new, eos, cfg, on_tokens)
+    result.time_total = _now(device) - t_start
+    return result
+
+
+def expected_tokens(tree: Tree, tree_mask: torch.Tensor, logp: torch.Tensor) -> float:
+    """1 + sum over nodes of P(path accepted), taking the (calibrated) head probabilities at face value."""
+    node_logp = logp[(tree.depth - 1).clamp(min=0), tree.rank]  # [T]
+    node_logp[0] = 0.0
+    path_logp = tree_mask.to(node_logp.dtype) @ node_logp  # [T]
+    return float(path_logp[1:].exp().sum()) + 1.0
+
+
+def _pick(logits: torch.Tensor, cfg: DecodeConfig, generator) -> int:
+    """The next token from [V] logits: argmax, or a draw at the temperature (typical-truncated for typical)."""
+    if cfg.acceptance == "greedy" or cfg.temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / cfg.temperature, -1)
+    if cfg.acceptance == "typical":
+        probs = probs * typical_ok(probs[None], cfg)[0]
+        probs = probs / probs.sum()
+    return sample_from(probs, generator)

@@ -1,0 +1,166 @@
+"""Candidate trees for Medusa verification, as free functions over tensors.
+
+A tree has T = N + 1 positions: position 0 is the root (the token the base model already chose, not yet in the
+KV cache), positions 1..N are candidate nodes, ordered so that parents precede children (by depth). Node i at
+depth d >= 1 takes its token from head d-1 at rank ``rank[i]`` of that head's top list.
+
+- :func:`static_tree` builds the node set once from a ``medusa_choices`` list (paths of per-head ranks).
+- :func:`sparse_tree_from_accuracies` derives an n-node ``medusa_choices`` from a per-head top-k accuracy table.
+- :func:`dynamic_tree` builds the node set every step from the heads' top-m log-probabilities: the n most probable
+  paths of the Cartesian product (arXiv 2502.05947), by a per-depth beam, K small top-k calls, no Python loop
+  over nodes.
+- :func:`tree_buffers` turns a node set into ``tree_mask``, position offsets and ``retrieve_indices``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Tree:
+    """A node set. All tensors are [T] with the root at index 0 (parent 0, depth 0, head -1, rank 0)."""
+
+    parents: torch.Tensor  # [T] long: index of the parent position; the root is its own parent
+    depth: torch.Tensor  # [T] long: 0 for the root
+    rank: torch.Tensor  # [T] long: rank within head (depth-1)'s top list
+    score: torch.Tensor  # [T] float: log-probability of the path (0 for the root)
+
+    @property
+    def size(self) -> int:
+        return self.parents.shape[0]
+
+    @property
+    def max_depth(self) -> int:
+        return int(self.depth.max())
+
+
+@dataclass
+class TreeBuffers:
+    tree_mask: torch.Tensor  # [T, T] bool: position i attends to position j iff j is i or an ancestor of i
+    position_offsets: torch.Tensor  # [T] long: depth, added to the prefix length for position ids
+    retrieve_indices: torch.Tensor  # [P, D+1] long: tree positions along each root-to-leaf path, -1 padded
+
+
+def tree_tokens(tree: Tree, root_token: torch.Tensor, topk_tokens: torch.Tensor) -> torch.Tensor:
+    """root token [] + per-head candidates [K, m] -> tree token ids [T]."""
+    head = (tree.depth - 1).clamp(min=0)
+    tokens = topk_tokens[head, tree.rank.clamp(max=topk_tokens.shape[1] - 1)]
+    tokens[0] = root_token
+    return tokens
+
+
+def ancestor_mask(parents: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    """[T], [T] -> [T, T] bool, True where column j is row i itself or one of its ancestors."""
+    T = parents.shape[0]
+    mask = torch.eye(T, dtype=torch.bool, device=parents.device)
+    rows = torch.arange(T, device=parents.device)
+    cur = rows
+    for _ in range(int(depth.max())):  # D iterations of tensor ops, not a loop over nodes
+        cur = parents[cur]
+        mask[rows, cur] = True
+    return mask
+
+
+def tree_buffers(tree: Tree) -> TreeBuffers:
+    mask = ancestor_mask(tree.parents, tree.depth)
+    T = tree.size
+    is_leaf = torch.ones(T, dtype=torch.bool, device=mask.device)
+    is_leaf[tree.parents[1:]] = False
+    leaves = is_leaf.nonzero().squeeze(1)  # [P], in tree order
+    rows, cols = mask[leaves].nonzero(as_tuple=True)
+    retrieve = torch.full((leaves.numel(), tree.max_depth + 1), -1, dtype=torch.long, device=mask.device)
+    retrieve[rows, tree.depth[cols]] = cols
+    return TreeBuffers(tree_mask=mask, position_offsets=tree.depth.clone(), retrieve_indices=retrieve)
+
+
+def _root(device) -> tuple[torch.Tensor, ...]:
+    z = torch.zeros(1, dtype=torch.long, device=device)
+    return z, z, z, torch.zeros(1, device=device)
+
+
+# ---------------------------------------------------------------------------------------------- static tree
+def static_tree(medusa_choices: list[list[int]] | list[tuple[int, ...]]) -> Tree:
+    """A tree from Medusa's ``medusa_choices``: each entry is a path of per-head ranks, e.g. (0, 1) = head 0's
+    top-1 token followed by head 1's second token. Every prefix of a path must be listed too."""
+    paths = sorted({tuple(int(r) for r in p) for p in medusa_choices}, key=lambda p: (len(p), p))
+    if not paths:
+        raise ValueError("medusa_choices is empty")
+    index = {(): 0}
+    parents, depth, rank = [0], [0], [0]
+    for i, p in enumerate(paths, start=1):
+        if not p or min(p) < 0:
+            raise ValueError(f"medusa_choices: bad path {list(p)} (ranks must be >= 0, paths non-empty)")
+        if p[:-1] not in index:
+            raise ValueError(f"medusa_choices: path {list(p)} is listed without its prefix {list(p[:-1])}")
+        index[p] = i
+        parents.append(index[p[:-1]])
+        depth.append(len(p))
+        rank.append(p[-1])
+    t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return Tree(parents=t(parents), depth=t(depth), rank=t(rank), score=torch.zeros(len(parents)))
+
+
+def sparse_tree_from_accuracies(accuracies: list[list[float]], num_nodes: int) -> list[tuple[int, ...]]:
+    """Medusa's sparse-tree recipe: grow greedily by the product of per-head top-k accuracies.
+
+    ``accuracies[k][r]`` = P(head k's rank-r token is the right one). Returns ``num_nodes`` paths, each added
+    after its parent, always the frontier path with the highest product.
+    """
+    K = len(accuracies)
+    frontier = [(-accuracies[0][r], (r,)) for r in range(len(accuracies[0]))]
+    heapq.heapify(frontier)
+    chosen: list[tuple[int, ...]] = []
+    while frontier and len(chosen) < num_nodes:
+        neg, path = heapq.heappop(frontier)
+        chosen.append(path)
+        d = len(path)
+        if d < K:
+            for r, acc in enumerate(accuracies[d]):
+                heapq.heappush(frontier, (neg * acc, path + (r,)))
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------- dynamic tree
+def dynamic_tree(topk_logp: torch.Tensor, num_nodes: int) -> Tree:
+    """The ``num_nodes`` most probable paths of the Cartesian product of the heads' top-m lists.
+
+    topk_logp: [K, m] log-probabilities of each head's top-m tokens (sorted descending, raw or calibrated).
+    A path's score is the sum of its log-probabilities; scores never rise along a path, and ties go to the
+    shallower node, so the kept set is closed under parents: a tree. Per depth d only the best ``num_nodes``
+    extensions of depth d-1's best can be among the overall best, which bounds the work at K * n * m.
+    """
+    K, m = topk_logp.shape
+    device = topk_logp.device
+    scores, parents, ranks, depths = [], [], [], []
+    prev_score = torch.zeros(1, device=device)  # the root
+    prev_start, total = 0, 0  # global id of depth d-1's first node; nodes so far
+    for d in range(K):
+        cand = (prev_score[:, None] + topk_logp[d][None, :]).reshape(-1)  # [b * m]
+        best, idx = torch.topk(cand, min(num_nodes, cand.numel()))  # sorted descending
+        scores.append(best)
+        parents.append(idx // m + prev_start if d > 0 else torch.full_like(idx, -1))
+        ranks.append(idx % m)
+        depths.append(torch.full_like(idx, d + 1))
+        prev_start, total = total, total + best.numel()
+        prev_score = best
+    score, parent, rank, depth = (torch.cat(x) for x in (scores, parents, ranks, depths))
+    # Global top-n; stable sort keeps the shallower node first on ties, so parents rank before children.
+    order = torch.sort(score, descending=True, stable=True).indices[:num_nodes]
+    order = order[torch.sort(depth[order], stable=True).indices]  # by depth, then by score: parents first
+    new_pos = torch.full((score.numel(),), -1, dtype=torch.long, device=device)
+    new_pos[order] = torch.arange(1, order.numel() + 1, device=device)
+    kept_parent = parent[order]
+    kept_parent = torch.where(
+        kept_parent < 0, torch.zeros_like(kept_parent), new_pos[kept_parent.clamp(min=0)]
+    )
+    z, z2, z3, zs = _root(device)
+    return Tree(
+        parents=torch.cat([z, kept_parent]),
+        depth=torch.cat([z2, depth[order]]),
+        rank=torch.cat([z3, rank[order]]),
+        score=torch.cat([zs, score[order]]),
+    )
