@@ -53,7 +53,7 @@ class DecodeConfig:
 @dataclass
 class DecodeResult:
     tokens: list[int]  # new tokens
-    accept_lengths: list[int] = field(default_factory=list)  # tokens emitted per step (bonus counted)
+    accept_lengths: list[int] = field(default_factory=list)  # tokens emitted per decode step (bonus counted)
     time_total: float = 0.0  # seconds, prefill included
     time_prefill: float = 0.0
     time_tree: float = 0.0  # building trees (candidates, masks, positions)
@@ -243,8 +243,10 @@ def _now(device) -> float:
     return time.perf_counter()
 
 
-def _emit(result: DecodeResult, new: list[int], eos: set[int], cfg: DecodeConfig, on_tokens) -> bool:
-    """Append new tokens, cut at eos and max_new_tokens; True when generation is over."""
+def _emit(
+    result: DecodeResult, new: list[int], eos: set[int], cfg: DecodeConfig, on_tokens, step=True
+) -> bool:
+    """Append new tokens, cut at eos and max_new_tokens, count the step; True when generation is over."""
     room = cfg.max_new_tokens - len(result.tokens)
     new = new[:room]
     done = len(new) == room
@@ -253,6 +255,8 @@ def _emit(result: DecodeResult, new: list[int], eos: set[int], cfg: DecodeConfig
             new, done = new[: i + 1], True
             break
     result.tokens.extend(new)
+    if step:
+        result.accept_lengths.append(len(new))
     if on_tokens is not None and new:
         on_tokens(new)
     return done
@@ -301,7 +305,7 @@ def generate(
     logits = project(model, lm_head, hidden)  # [V]
     root = _pick(logits, cfg, generator)
     result.time_prefill = _now(device) - t_start
-    done = _emit(result, [root], eos, cfg, on_tokens)
+    done = _emit(result, [root], eos, cfg, on_tokens, step=False)  # the prefill's token is not a decode step
 
     while not done:
         prefix = cache.get_seq_length()
@@ -311,7 +315,6 @@ def generate(
             hidden = forward_hidden(decoder, ids, cache, torch.tensor([[prefix]], device=device))[0, -1]
             root = _pick(project(model, lm_head, hidden), cfg, generator)
             result.time_verify += _now(device) - t0
-            result.accept_lengths.append(1)
             done = _emit(result, [root], eos, cfg, on_tokens)
             continue
 
@@ -343,9 +346,7 @@ def generate(
         result.time_heads += t1 - t0
         result.time_tree += t2 - t1
         result.time_verify += t3 - t2
-        new = tokens[path[1:]].tolist() + [root]
-        result.accept_lengths.append(len(new))
-        done = _emit(result, new, eos, cfg, on_tokens)
+        done = _emit(result, tokens[path[1:]].tolist() + [root], eos, cfg, on_tokens)
     result.time_total = _now(device) - t_start
     return result
 

@@ -1,0 +1,104 @@
+"""The cornerstone: greedy tree decoding equals plain greedy decoding token for token."""
+
+import pytest
+import torch
+
+from infer.decode import DecodeConfig, compact_kv, forward_hidden, generate, tree_attention_mask
+from infer.tree import static_tree, tree_buffers
+from tests.tiny import FAMILIES, fit_oracle_heads, greedy_continuations, tiny_model
+
+NEW = 24
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def oracle(request):
+    """A tiny random model of each family, 20 prompts, its greedy continuations and heads fitted to them."""
+    model = tiny_model(request.param, seed=FAMILIES.index(request.param))
+    g = torch.Generator().manual_seed(1)
+    prompts = [
+        torch.randint(3, 512, (1, int(torch.randint(3, 20, (1,), generator=g))), generator=g)
+        for _ in range(20)
+    ]
+    conts = greedy_continuations(model, prompts, NEW)
+    # Partly fitted heads: many tokens accepted, yet rejections still happen.
+    heads = fit_oracle_heads(
+        model, [torch.cat([p[0], c]) for p, c in zip(prompts, conts)], num_heads=3, steps=60
+    )
+    return request.param, model, heads, prompts, conts
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        DecodeConfig(tree="static", max_new_tokens=NEW),
+        DecodeConfig(tree="dynamic", node_budget=16, top_m=4, max_new_tokens=NEW),
+        DecodeConfig(tree="dynamic", node_budget=64, top_m=8, max_new_tokens=NEW),
+        DecodeConfig(tree="dynamic", node_budget=5, top_m=2, depth=2, max_new_tokens=NEW),
+    ],
+    ids=["static", "dynamic16", "dynamic64", "dynamic5-depth2"],
+)
+def test_greedy_tree_decoding_equals_plain_generate(oracle, cfg):
+    family, model, heads, prompts, conts = oracle
+    accepted = []
+    for prompt, ref in zip(prompts, conts):
+        out = generate(model, prompt, heads, cfg, eos=set())
+        assert out.tokens == ref.tolist(), f"{family}: tree decoding diverged from model.generate"
+        assert sum(out.accept_lengths) == NEW - 1  # the first token comes from the prefill
+        accepted.extend(out.accept_lengths)
+    # Several tokens per step were accepted (the oracle heads work) and some steps were rejections.
+    assert sum(accepted) / len(accepted) > 1.5
+    assert min(accepted) == 1 or cfg.depth == 2
+
+
+def test_plain_mode_and_eos_stop(oracle):
+    family, model, heads, prompts, conts = oracle
+    ref = conts[0].tolist()
+    plain = generate(model, prompts[0], None, DecodeConfig(tree="none", max_new_tokens=NEW), eos=set())
+    assert plain.tokens == ref and plain.tokens_per_step == 1.0
+    # Stop at an eos token that appears mid-stream, even when it was accepted inside a tree step.
+    stop = ref[10]
+    cut = ref[: ref.index(stop) + 1]
+    out = generate(model, prompts[0], heads, DecodeConfig(tree="dynamic", max_new_tokens=NEW), eos={stop})
+    assert out.tokens == cut
+    # max_new_tokens is exact.
+    out = generate(model, prompts[0], heads, DecodeConfig(tree="dynamic", max_new_tokens=7), eos=set())
+    assert out.tokens == ref[:7]
+
+
+def test_kv_compaction_equals_plain_decoding_cache():
+    from transformers import DynamicCache
+
+    model = tiny_model("llama")
+    dec = model.get_decoder()
+    prompt = torch.randint(3, 512, (1, 9), generator=torch.Generator().manual_seed(0))
+    tree = static_tree([(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])
+    buf = tree_buffers(tree)
+    tokens = torch.tensor([5, 17, 23, 42, 77, 91, 101])  # root + 6 nodes
+    cache = DynamicCache(config=model.config)
+    forward_hidden(dec, prompt, cache, torch.arange(9)[None])
+    mask = tree_attention_mask(buf.tree_mask, 9, torch.float32)
+    hidden_tree = forward_hidden(dec, tokens[None], cache, (buf.position_offsets + 9)[None], mask)[0]
+    path = torch.tensor([0, 2, 5])  # root -> (1,) -> (1,0): not contiguous in the tree
+    compact_kv(cache, 9, path)
+    ref = DynamicCache(config=model.config)
+    hidden_ref = forward_hidden(dec, torch.cat([prompt[0], tokens[path]])[None], ref, torch.arange(12)[None])[
+        0
+    ]
+    assert cache.get_seq_length() == 12
+    for a, b in zip(cache.layers, ref.layers):
+        torch.testing.assert_close(a.keys, b.keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a.values, b.values, atol=1e-5, rtol=1e-5)
+    # The tree forward's hidden states on the path equal plain decoding's.
+    torch.testing.assert_close(hidden_tree[path], hidden_ref[9:], atol=1e-5, rtol=1e-5)
+
+
+def test_bad_inputs():
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="empty prompt"):
+        generate(model, torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match="batch size 1"):
+        generate(model, torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="temperature"):
+        DecodeConfig(acceptance="sample", temperature=0.0)
+    with pytest.raises(ValueError, match="tree must be"):
+        DecodeConfig(tree="fixed")

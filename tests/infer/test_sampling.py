@@ -1,0 +1,79 @@
+"""Tree speculative sampling preserves the base model's distribution (chi-square on a small vocabulary)."""
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from infer.decode import DecodeConfig, generate
+from infer.heads import MedusaConfig, MedusaHeads
+from tests.tiny import tiny_model
+
+V = 8
+RUNS = 1500
+
+
+def _setup(temperature):
+    model = tiny_model("llama", vocab_size=V, hidden_size=32, seed=3)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(0.15)  # soft distributions: every token is likely
+    torch.manual_seed(0)
+    heads = MedusaHeads(MedusaConfig(hidden_size=32, vocab_size=V, medusa_num_heads=2, layout="own_lm_head"))
+    heads.init_from_lm_head(model.get_output_embeddings())
+    prompt = torch.tensor([[1, 4, 2, 6]])
+    # Exact joint distribution of the first two new tokens at this temperature.
+    with torch.no_grad():
+        p1 = torch.softmax(model(prompt).logits[0, -1] / temperature, -1)
+        seqs = torch.cat([prompt.repeat(V, 1), torch.arange(V)[:, None]], 1)
+        p2 = torch.softmax(model(seqs).logits[:, -1] / temperature, -1)  # [V, V]
+    return model, heads, prompt, (p1[:, None] * p2).reshape(-1)
+
+
+def _sample_joint(model, heads, prompt, cfg):
+    g = torch.Generator().manual_seed(1234)
+    counts = torch.zeros(V * V)
+    longest = 0
+    for _ in range(RUNS):
+        out = generate(model, prompt, heads, cfg, eos=set(), generator=g)
+        counts[out.tokens[0] * V + out.tokens[1]] += 1
+        longest = max(longest, max(out.accept_lengths))
+    return counts, longest
+
+
+def _pvalue(counts, expected_p):
+    keep = expected_p * RUNS >= 5
+    exp = expected_p[keep] * RUNS
+    obs = counts[keep]
+    # Fold the rare cells into one so the test keeps all mass.
+    if (~keep).any():
+        exp = torch.cat([exp, (expected_p[~keep] * RUNS).sum()[None]])
+        obs = torch.cat([obs, counts[~keep].sum()[None]])
+    exp = exp * obs.sum() / exp.sum()
+    return chisquare(obs.numpy(), exp.numpy()).pvalue
+
+
+@pytest.mark.parametrize("tree", ["dynamic", "static"])
+def test_tree_sampling_matches_base_distribution(tree):
+    model, heads, prompt, joint = _setup(1.0)
+    cfg = DecodeConfig(
+        tree=tree, acceptance="sample", temperature=1.0, node_budget=6, top_m=3, max_new_tokens=3
+    )
+    counts, longest = _sample_joint(model, heads, prompt, cfg)
+    assert longest >= 2, "no tree token was ever accepted: the test would not exercise speculative sampling"
+    assert _pvalue(counts, joint) > 1e-3
+
+
+def test_chi_square_detects_a_biased_sampler():
+    # The same check on greedy-style acceptance at temperature 1 (not lossless) must fail: the test can fail.
+    model, heads, prompt, joint = _setup(1.0)
+    cfg = DecodeConfig(
+        tree="dynamic", acceptance="typical", temperature=1.0, posterior_threshold=0.3, max_new_tokens=3
+    )
+    counts, _ = _sample_joint(model, heads, prompt, cfg)
+    assert _pvalue(counts, joint) < 1e-3
+
+
+def test_typical_acceptance_runs_and_accepts():
+    model, heads, prompt, _ = _setup(0.7)
+    cfg = DecodeConfig(tree="dynamic", acceptance="typical", temperature=0.7, max_new_tokens=20)
+    out = generate(model, prompt, heads, cfg, eos=set(), generator=torch.Generator().manual_seed(0))
+    assert len(out.tokens) == 20 and out.tokens_per_step >= 1.0
