@@ -57,7 +57,10 @@ class MedusaConfig:
         unknown = set(d) - names
         if unknown:
             raise HeadsError(f"unknown keys in heads config: {sorted(unknown)}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except TypeError as e:  # a missing required key
+            raise HeadsError(f"bad heads config: {e}") from e
 
 
 class ResBlock(nn.Module):
@@ -153,15 +156,16 @@ class MedusaHeads(nn.Module):
     ) -> MedusaHeads:
         """Load from a local folder or a Hub id; either our format or the original Medusa-1 layout."""
         folder = resolve_heads_path(name_or_path, revision=revision, token=token)
+        if not os.path.exists(os.path.join(folder, CONFIG_NAME)):
+            raise HeadsError(f"{folder}: no {CONFIG_NAME}; not a heads folder")
         with open(os.path.join(folder, CONFIG_NAME)) as f:
             raw = json.load(f)
-        if raw.get("model_type") != "medusa_heads" and "medusa_num_heads" in raw and "hidden_size" not in raw:
+        is_medusa1 = raw.get("model_type") != "medusa_heads" and "hidden_size" not in raw
+        if is_medusa1 and any(os.path.exists(os.path.join(folder, n)) for n in MEDUSA1_FILES):
             return load_medusa1(folder)
-        if not os.path.exists(os.path.join(folder, WEIGHTS_NAME)):
-            if any(os.path.exists(os.path.join(folder, n)) for n in MEDUSA1_FILES):
-                return load_medusa1(folder)
-            raise HeadsError(f"{folder}: no {WEIGHTS_NAME}")
         heads = cls(MedusaConfig.from_dict(raw))
+        if not os.path.exists(os.path.join(folder, WEIGHTS_NAME)):
+            raise HeadsError(f"{folder}: no {WEIGHTS_NAME}")
         state = load_file(os.path.join(folder, WEIGHTS_NAME))
         missing, unexpected = heads.load_state_dict(state, strict=False)
         if missing or unexpected:
