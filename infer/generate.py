@@ -1,0 +1,292 @@
+"""Generate with Medusa heads and tree attention: ``python -m infer.generate --help``.
+
+Examples:
+    python -m infer.generate --prompt "Explain tree attention." --compare
+    python -m infer.generate --model HuggingFaceTB/SmolLM2-135M-Instruct --heads ./outputs/smollm2-135m/final \\
+        --tree dynamic --node-budget 32 --top-m 8 --dtype bfloat16 --prompt-file data/mt_bench_questions.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from .base import DEFAULT_MODEL, BaseModelError, load_base_model
+from .decode import ACCEPTANCE, TREES, DecodeConfig, DecodeResult, generate
+from .heads import HeadsError, MedusaHeads
+
+SHIPPED_HEADS = {DEFAULT_MODEL: os.path.join(os.path.dirname(__file__), "pretrained", "smollm2-135m")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m infer.generate",
+        description="Decode with Medusa heads and static or dynamic tree attention; greedy output is the base "
+        "model's own greedy output, token for token.",
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="base model: Hub id or local folder (default: the embedded SmolLM2-135M-Instruct)",
+    )
+    p.add_argument("--revision", default=None, help="base model revision")
+    p.add_argument(
+        "--heads",
+        default=None,
+        help="heads: local folder or Hub id (default: the shipped heads of the default model)",
+    )
+    p.add_argument("--heads-revision", default=None, help="heads revision on the Hub")
+    p.add_argument(
+        "--trust-remote-code", action="store_true", help="allow custom modeling code from the model repo"
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", default=None, help="one prompt")
+    src.add_argument(
+        "--prompt-file",
+        default=None,
+        help="plain text (one prompt a line) or JSONL with 'turns' (MT-Bench) or 'prompt'",
+    )
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts of --prompt-file")
+    p.add_argument(
+        "--tree",
+        choices=TREES,
+        default="dynamic",
+        help="dynamic (n best paths each step), static (medusa_choices) or none (plain decoding)",
+    )
+    p.add_argument("--node-budget", type=int, default=64, help="n: candidate nodes of the dynamic tree")
+    p.add_argument("--top-m", type=int, default=8, help="m: candidates taken from each head")
+    p.add_argument("--depth", type=int, default=None, help="heads used (tree depth); default all")
+    p.add_argument(
+        "--medusa-choices",
+        default=None,
+        help="static tree as JSON list of rank paths, e.g. '[[0],[1],[0,0]]'",
+    )
+    p.add_argument(
+        "--acceptance",
+        choices=ACCEPTANCE,
+        default=None,
+        help="greedy (lossless), typical (Medusa) or sample (lossless sampling); default greedy, or sample when --temperature > 0",
+    )
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--posterior-threshold", type=float, default=0.09, help="typical acceptance epsilon")
+    p.add_argument("--posterior-alpha", type=float, default=0.3, help="typical acceptance alpha")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="new tokens at most, per turn")
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="model and heads dtype"
+    )
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
+    p.add_argument("--system", default=None, help="system message for the chat template")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also run plain decoding on the same prompt (same dtype): speedup and identity",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    p.add_argument("--quiet", action="store_true", help="do not stream text, print only the statistics")
+    p.add_argument("--json", action="store_true", help="print one JSON line of statistics per prompt")
+    return p
+
+
+# ------------------------------------------------------------------------------------------------- prompts
+def read_prompts(path: str, limit: int | None = None) -> list[list[str]]:
+    """-> a list of conversations, each a list of user turns."""
+    if not os.path.exists(path):
+        raise SystemExit(f"error: prompt file not found: {path}")
+    convs = []
+    with open(path) as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            if path.endswith(".jsonl"):
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SystemExit(f"error: {path}:{i}: bad JSON ({e})") from e
+                turns = rec.get("turns") or ([rec["prompt"]] if "prompt" in rec else None)
+                if not turns or not all(isinstance(t, str) and t.strip() for t in turns):
+                    raise SystemExit(
+                        f"error: {path}:{i}: expected non-empty 'turns' (list of strings) or 'prompt'"
+                    )
+                convs.append(turns)
+            else:
+                convs.append([line.rstrip("\n")])
+    if not convs:
+        raise SystemExit(f"error: no prompts in {path}")
+    return convs[:limit] if limit else convs
+
+
+def encode(tokenizer, messages: list[dict], chat_template: bool) -> torch.Tensor:
+    """Messages -> input ids [1, L]."""
+    if chat_template:
+        if tokenizer.chat_template is None:
+            raise SystemExit("error: the tokenizer has no chat template; pass --no-chat-template")
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    else:
+        ids = tokenizer(messages[-1]["content"], return_tensors="pt").input_ids
+    return ids
+
+
+class Streamer:
+    """Print decoded text as tokens arrive (re-decodes the turn so far; cheap at these lengths)."""
+
+    def __init__(self, tokenizer, enabled: bool):
+        self.tokenizer, self.enabled, self.ids, self.printed = tokenizer, enabled, [], 0
+
+    def __call__(self, new: list[int]) -> None:
+        if not self.enabled:
+            return
+        self.ids.extend(new)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # wait for a whole multi-byte character
+            sys.stdout.write(text[self.printed :])
+            sys.stdout.flush()
+            self.printed = len(text)
+
+
+def stats_line(tag: str, r: DecodeResult) -> str:
+    decode_time = r.time_total - r.time_prefill
+    share = lambda t: 100 * t / max(decode_time, 1e-9)  # noqa: E731
+    return (
+        f"[{tag}] {len(r.tokens)} new tokens, {r.steps} steps, {r.tokens_per_step:.2f} tokens/step, "
+        f"{r.tokens_per_second:.1f} tokens/s, tree building {1000 * r.time_tree:.1f} ms ({share(r.time_tree):.1f}%), "
+        f"heads {1000 * r.time_heads:.1f} ms ({share(r.time_heads):.1f}%), prefill {1000 * r.time_prefill:.0f} ms"
+    )
+
+
+def decode_config(args, tree: str | None = None) -> DecodeConfig:
+    acceptance = args.acceptance or ("sample" if args.temperature > 0 else "greedy")
+    choices = json.loads(args.medusa_choices) if args.medusa_choices else None
+    return DecodeConfig(
+        tree=tree or args.tree,
+        node_budget=args.node_budget,
+        top_m=args.top_m,
+        depth=args.depth,
+        medusa_choices=choices,
+        acceptance=acceptance,
+        temperature=args.temperature,
+        posterior_threshold=args.posterior_threshold,
+        posterior_alpha=args.posterior_alpha,
+        max_new_tokens=args.max_new_tokens,
+    )
+
+
+def load(args):
+    """-> (model, tokenizer, heads or None), with every failure turned into one clear message."""
+    try:
+        model, tokenizer = load_base_model(
+            args.model, args.dtype, args.revision, args.trust_remote_code, args.device
+        )
+    except BaseModelError as e:
+        raise SystemExit(f"error: {e}") from e
+    heads_path = args.heads or SHIPPED_HEADS.get(args.model)
+    heads = None
+    if args.tree != "none":
+        if heads_path is None or (args.heads is None and not os.path.isdir(heads_path)):
+            raise SystemExit(
+                f"error: no heads for {args.model}: pass --heads FOLDER_OR_HUB_ID, or --tree none"
+            )
+        try:
+            heads = MedusaHeads.from_pretrained(heads_path, revision=args.heads_revision)
+            heads.check_base(model)
+        except HeadsError as e:
+            raise SystemExit(f"error: {e}") from e
+        heads.to(device=args.device, dtype=next(model.parameters()).dtype).eval().requires_grad_(False)
+    return model, tokenizer, heads
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.prompt is not None and not args.prompt.strip():
+        raise SystemExit("error: empty prompt")
+    try:
+        cfg = decode_config(args)
+    except (ValueError, json.JSONDecodeError) as e:
+        raise SystemExit(f"error: {e}") from e
+    model, tokenizer, heads = load(args)
+    if args.prompt is not None:
+        convs = [[args.prompt]]
+    elif args.prompt_file is not None:
+        convs = read_prompts(args.prompt_file, args.limit)
+    else:
+        convs = None  # interactive
+    context = getattr(model.config, "max_position_embeddings", None)
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    eos = {model.generation_config.eos_token_id, tokenizer.eos_token_id} - {None}
+    eos = {e for x in eos for e in (x if isinstance(x, list) else [x])}
+
+    def run_turn(messages: list[dict]) -> str:
+        ids = encode(tokenizer, messages, not args.no_chat_template).to(args.device)
+        if context and ids.shape[1] + args.max_new_tokens + args.node_budget + 1 > context:
+            raise SystemExit(
+                f"error: prompt of {ids.shape[1]} tokens + {args.max_new_tokens} new tokens exceeds the model's "
+                f"context of {context}; shorten the prompt or lower --max-new-tokens"
+            )
+        streamer = Streamer(tokenizer, not (args.quiet or args.json))
+        out = generate(model, ids, heads, cfg, eos=eos, on_tokens=streamer, generator=generator)
+        if streamer.enabled:
+            print()
+        record = {"prompt_tokens": ids.shape[1], **summary(out, "medusa" if heads is not None else "plain")}
+        if args.compare and heads is not None:
+            torch.manual_seed(args.seed)
+            base = generate(model, ids, None, decode_config(args, tree="none"), eos=eos, generator=generator)
+            record.update(summary(base, "plain"))
+            record["speedup"] = base.time_total / max(out.time_total, 1e-9)
+            record["identical"] = base.tokens == out.tokens
+        if args.json:
+            print(json.dumps(record))
+        else:
+            print(stats_line(cfg.tree if heads is not None else "plain", out))
+            if "speedup" in record:
+                print(stats_line("plain", base))
+                same = "identical" if record["identical"] else "DIFFERENT (expected only when sampling)"
+                print(
+                    f"[compare] speedup {record['speedup']:.2f}x over plain decoding ({args.dtype}); outputs {same}"
+                )
+        return tokenizer.decode(out.tokens, skip_special_tokens=True)
+
+    base_messages = [{"role": "system", "content": args.system}] if args.system else []
+    if convs is None:
+        print("Interactive mode: type a prompt, an empty line or Ctrl-D to quit.", file=sys.stderr)
+        messages = list(base_messages)
+        while True:
+            try:
+                text = input(">>> ")
+            except EOFError:
+                break
+            if not text.strip():
+                break
+            messages.append({"role": "user", "content": text})
+            messages.append({"role": "assistant", "content": run_turn(messages)})
+        return 0
+    for turns in convs:
+        messages = list(base_messages)
+        for turn in turns:
+            if not turn.strip():
+                raise SystemExit("error: empty prompt")
+            messages.append({"role": "user", "content": turn})
+            if not (args.quiet or args.json):
+                print(f">>> {turn}")
+            messages.append({"role": "assistant", "content": run_turn(messages)})
+    return 0
+
+
+def summary(r: DecodeResult, tag: str) -> dict:
+    return {
+        f"{tag}_new_tokens": len(r.tokens),
+        f"{tag}_steps": r.steps,
+        f"{tag}_tokens_per_step": round(r.tokens_per_step, 4),
+        f"{tag}_tokens_per_s": round(r.tokens_per_second, 2),
+        f"{tag}_time_s": round(r.time_total, 4),
+        f"{tag}_tree_s": round(r.time_tree, 4),
+        f"{tag}_heads_s": round(r.time_heads, 4),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
