@@ -10,7 +10,11 @@ from tests.tiny import tiny_model
 
 def _random_heads(layout="shared_lm_head", K=3, L=2, H=64, V=512, **kw):
     torch.manual_seed(0)
-    heads = MedusaHeads(MedusaConfig(hidden_size=H, vocab_size=V, medusa_num_heads=K, medusa_num_layers=L, layout=layout, **kw))
+    heads = MedusaHeads(
+        MedusaConfig(
+            hidden_size=H, vocab_size=V, medusa_num_heads=K, medusa_num_layers=L, layout=layout, **kw
+        )
+    )
     for p in heads.parameters():
         p.data.normal_(0, 0.1)
     return heads
@@ -22,7 +26,11 @@ def test_save_load_round_trip(tmp_path, layout):
     heads = _random_heads(layout, base_model_name_or_path="org/base")
     heads.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    assert cfg["medusa_num_heads"] == 3 and cfg["layout"] == layout and cfg["base_model_name_or_path"] == "org/base"
+    assert (
+        cfg["medusa_num_heads"] == 3
+        and cfg["layout"] == layout
+        and cfg["base_model_name_or_path"] == "org/base"
+    )
     back = MedusaHeads.from_pretrained(str(tmp_path))
     h = torch.randn(5, 64)
     lm_head = model.get_output_embeddings()
@@ -39,7 +47,9 @@ def test_layers_have_distinct_weights():
 
 def test_untrained_heads_equal_the_base_projection():
     model = tiny_model("llama")
-    heads = MedusaHeads(MedusaConfig(hidden_size=64, vocab_size=512, medusa_num_heads=2, layout="own_lm_head"))
+    heads = MedusaHeads(
+        MedusaConfig(hidden_size=64, vocab_size=512, medusa_num_heads=2, layout="own_lm_head")
+    )
     heads.init_from_lm_head(model.get_output_embeddings())
     h = torch.randn(4, 64)
     expected = model.get_output_embeddings()(h)
@@ -81,7 +91,9 @@ def test_loads_original_medusa1_layout(tmp_path, fmt):
     # Their released configs may list fewer heads than the file holds: the file wins.
     state = _medusa1_state(K=5, L=1, H=64, V=512)
     (tmp_path / "config.json").write_text(
-        json.dumps({"medusa_num_heads": 3, "medusa_num_layers": 1, "base_model_name_or_path": "lmsys/vicuna-7b-v1.3"})
+        json.dumps(
+            {"medusa_num_heads": 3, "medusa_num_layers": 1, "base_model_name_or_path": "lmsys/vicuna-7b-v1.3"}
+        )
     )
     if fmt == "pt":
         torch.save(state, tmp_path / "medusa_lm_head.pt")

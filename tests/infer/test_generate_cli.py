@@ -1,0 +1,103 @@
+import json
+
+import pytest
+import torch
+
+from infer import generate as cli
+from infer.heads import MedusaConfig, MedusaHeads
+from tests.tiny import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    model = tiny_model("llama", vocab_size=400)
+    model.config.max_position_embeddings = 160
+    model.save_pretrained(root / "model")
+    tiny_tokenizer().save_pretrained(root / "model")
+    torch.manual_seed(0)
+    heads = MedusaHeads(
+        MedusaConfig(hidden_size=64, vocab_size=400, medusa_num_heads=3, base_model_name_or_path="tiny")
+    )
+    for p in heads.parameters():
+        p.data.normal_(0, 0.05)
+    heads.save_pretrained(root / "heads")
+    bad = MedusaHeads(MedusaConfig(hidden_size=32, vocab_size=400, medusa_num_heads=2))
+    bad.save_pretrained(root / "bad_heads")
+    return root
+
+
+def _run(folders, capsys, *extra):
+    cli.main(["--model", str(folders / "model"), "--heads", str(folders / "heads"), *extra])
+    return capsys.readouterr().out
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    for opt in cli.build_parser()._option_string_actions:
+        assert opt in text
+    parser = cli.build_parser()
+    for action in parser._actions:
+        assert action.help, f"option {action.option_strings} has no help text"
+
+
+@pytest.mark.parametrize("tree", ["dynamic", "static"])
+def test_compare_reports_identity_and_speedup(folders, capsys, tree):
+    out = _run(
+        folders,
+        capsys,
+        "--prompt",
+        "Paris is the capital",
+        "--tree",
+        tree,
+        "--compare",
+        "--json",
+        "--max-new-tokens",
+        "20",
+    )
+    rec = json.loads(out.strip().splitlines()[-1])
+    assert rec["identical"] is True
+    assert rec["medusa_new_tokens"] == rec["plain_new_tokens"] > 0
+    assert rec["speedup"] > 0 and rec["plain_tokens_per_step"] == 1.0
+
+
+def test_streams_text_and_stats(folders, capsys):
+    out = _run(folders, capsys, "--prompt", "hello", "--max-new-tokens", "8", "--compare")
+    assert ">>> hello" in out and "tokens/step" in out and "[compare] speedup" in out
+
+
+def test_prompt_file_with_turns(folders, capsys, tmp_path):
+    f = tmp_path / "q.jsonl"
+    f.write_text(json.dumps({"question_id": 1, "turns": ["first question", "a follow-up"]}) + "\n")
+    out = _run(folders, capsys, "--prompt-file", str(f), "--json", "--max-new-tokens", "6")
+    assert len([line for line in out.splitlines() if line.startswith("{")]) == 2  # one line per turn
+
+
+def test_sampling_runs(folders, capsys):
+    out = _run(folders, capsys, "--prompt", "hi", "--temperature", "0.8", "--json", "--max-new-tokens", "10")
+    assert json.loads(out.strip().splitlines()[-1])["medusa_new_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--prompt", "   "], "empty prompt"),
+        (["--prompt", "word " * 200], "exceeds the model's context"),
+        (["--prompt", "hi", "--acceptance", "typical"], "temperature"),
+        (["--prompt-file", "/nonexistent/prompts.txt"], "not found"),
+    ],
+)
+def test_clear_errors(folders, capsys, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        _run(folders, capsys, *extra)
+
+
+def test_unknown_model_and_mismatched_heads(folders, capsys):
+    with pytest.raises(SystemExit, match="not found|could not load"):
+        cli.main(["--model", str(folders / "missing_model"), "--prompt", "hi", "--tree", "none"])
+    with pytest.raises(SystemExit, match="hidden size"):
+        cli.main(["--model", str(folders / "model"), "--heads", str(folders / "bad_heads"), "--prompt", "hi"])
+    with pytest.raises(SystemExit, match="heads not found"):
+        cli.main(["--model", str(folders / "model"), "--heads", str(folders / "nope"), "--prompt", "hi"])
