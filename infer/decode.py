@@ -37,7 +37,8 @@ class DecodeConfig:
     posterior_threshold: float = 0.09  # typical acceptance: epsilon
     posterior_alpha: float = 0.3  # typical acceptance: alpha (~ sqrt of epsilon)
     max_new_tokens: int = 256  # stop after this many new tokens
-    calibration: Callable | None = None  # maps head log-probs [K, m] -> calibrated log-probs [K, m]
+    calibration: object | None = None  # infer.calibration.Calibration: .topk(logits [K, V], m) -> calibrated
+    latency: object | None = None  # infer.budget.LatencyProfile: pick the budget (<= node_budget) each step
 
     def __post_init__(self):
         if self.tree not in TREES:
@@ -224,8 +225,11 @@ def head_candidates(
     logits = heads(hidden, lm_head).float()  # [K, V or V_head]
     if cfg.depth is not None:
         logits = logits[: cfg.depth]
-    logp = torch.log_softmax(logits, -1)
-    top_logp, top_idx = torch.topk(logp, min(m, logp.shape[-1]), dim=-1)
+    m = min(m, logits.shape[-1])
+    if cfg.calibration is not None:
+        top_idx, top_logp = cfg.calibration.topk(logits, m)
+    else:
+        top_logp, top_idx = torch.topk(torch.log_softmax(logits, -1), m, dim=-1)
     return heads.to_full_vocab(top_idx), top_logp
 
 
@@ -324,15 +328,16 @@ def generate(
         if static is not None:
             tree, buffers = static, static_buffers
         else:
-            logp = cfg.calibration(top_logp) if cfg.calibration is not None else top_logp
-            tree = dynamic_tree(logp, cfg.node_budget)
+            tree = dynamic_tree(top_logp, cfg.node_budget)
+            if cfg.latency is not None:  # auto budget: the prefix of the best paths with the best tokens/s
+                n = cfg.latency.best_budget(tree.score[1:].sort(descending=True).values)
+                if n < tree.size - 1:
+                    tree = dynamic_tree(top_logp, n)
             buffers = tree_buffers(tree)
         tokens = tree_tokens(tree, torch.tensor(root, device=device), top_tokens)  # [T]
         mask4d = tree_attention_mask(buffers.tree_mask, prefix, dtype)
         positions = (buffers.position_offsets + prefix)[None]
-        result.predicted.append(
-            expected_tokens(tree, buffers.tree_mask, logp if static is None else top_logp)
-        )
+        result.predicted.append(expected_tokens(tree, buffers.tree_mask, top_logp))
         t2 = _now(device)
         hiddens = forward_hidden(decoder, tokens[None], cache, positions, mask4d)[0]  # [T, H]
         logits = project(model, lm_head, hiddens)  # [T, V]
