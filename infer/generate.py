@@ -57,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="dynamic",
         help="dynamic (n best paths each step), static (medusa_choices) or none (plain decoding)",
     )
-    p.add_argument("--node-budget", type=int, default=64, help="n: candidate nodes of the dynamic tree")
+    p.add_argument(
+        "--node-budget",
+        default="auto",
+        help="n: candidate nodes of the dynamic tree, or 'auto': each step the n <= --max-nodes with the best expected tokens/s from a measured (cached) latency profile",
+    )
+    p.add_argument("--max-nodes", type=int, default=64, help="upper bound of the auto node budget")
     p.add_argument("--top-m", type=int, default=8, help="m: candidates taken from each head")
     p.add_argument("--depth", type=int, default=None, help="heads used (tree depth); default all")
     p.add_argument(
@@ -162,9 +167,12 @@ def stats_line(tag: str, r: DecodeResult) -> str:
 def decode_config(args, tree: str | None = None) -> DecodeConfig:
     acceptance = args.acceptance or ("sample" if args.temperature > 0 else "greedy")
     choices = json.loads(args.medusa_choices) if args.medusa_choices else None
+    auto = str(args.node_budget) == "auto"
+    if not auto and not str(args.node_budget).isdigit():
+        raise ValueError(f"--node-budget must be a positive integer or 'auto', got {args.node_budget!r}")
     return DecodeConfig(
         tree=tree or args.tree,
-        node_budget=args.node_budget,
+        node_budget=args.max_nodes if auto else int(args.node_budget),
         top_m=args.top_m,
         depth=args.depth,
         medusa_choices=choices,
@@ -209,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, json.JSONDecodeError) as e:
         raise SystemExit(f"error: {e}") from e
     model, tokenizer, heads = load(args)
+    if heads is not None and cfg.tree == "dynamic" and str(args.node_budget) == "auto":
+        from .budget import DEFAULT_SIZES, load_or_measure
+
+        sizes = [t for t in DEFAULT_SIZES if t <= args.max_nodes + 1]
+        cfg.latency = load_or_measure(model, heads, args.device, sizes=sizes, verbose=not args.json)
     if args.prompt is not None:
         convs = [[args.prompt]]
     elif args.prompt_file is not None:
@@ -222,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run_turn(messages: list[dict]) -> str:
         ids = encode(tokenizer, messages, not args.no_chat_template).to(args.device)
-        if context and ids.shape[1] + args.max_new_tokens + args.node_budget + 1 > context:
+        if context and ids.shape[1] + args.max_new_tokens + cfg.node_budget + 1 > context:
             raise SystemExit(
                 f"error: prompt of {ids.shape[1]} tokens + {args.max_new_tokens} new tokens exceeds the model's "
                 f"context of {context}; shorten the prompt or lower --max-new-tokens"
