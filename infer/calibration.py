@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -228,10 +229,11 @@ class Calibration:
 
     def to_file(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        text = json.dumps(self.to_dict(), indent=1)
+        text = re.sub(r"\[[-+.,\deE\s]*\]", _one_line, text)  # lists of numbers on one line
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-            f.write("\n")
+            f.write(text + "\n")
         os.replace(tmp, path)
 
     @classmethod
@@ -260,6 +262,10 @@ def _interp(p: torch.Tensor, slots: torch.Tensor, t: dict) -> torch.Tensor:
     x0, x1, y0, y1 = t["x"][i - 1], t["x"][i], t["y"][i - 1], t["y"][i]
     w = ((p.float() - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0.0, 1.0)
     return y0 + w * (y1 - y0)
+
+
+def _one_line(match: re.Match) -> str:
+    return " ".join(match.group(0).split()).replace("[ ", "[").replace(" ]", "]")
 
 
 def load_calibration(heads_folder: str) -> Calibration | None:

@@ -1,4 +1,4 @@
-"""Test-wide settings: nothing is written to the user's cache, nothing reaches the network, few threads."""
+"""Test-wide settings: nothing is written to the user's cache, few threads."""
 
 import os
 
@@ -9,7 +9,6 @@ import torch
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     os.environ["MEDUSA_CACHE"] = str(tmp_path_factory.mktemp("medusa-cache"))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     yield
 
 
