@@ -102,3 +102,22 @@ def test_bad_inputs():
         DecodeConfig(acceptance="sample", temperature=0.0)
     with pytest.raises(ValueError, match="tree must be"):
         DecodeConfig(tree="fixed")
+
+
+def test_reduced_head_vocabulary_stays_lossless(oracle):
+    import copy
+    from collections import Counter
+
+    family, model, heads, prompts, conts = oracle
+    counts = Counter(t for c in conts for t in c.tolist())
+    vocab = sorted(t for t, _ in counts.most_common(48))  # candidates only from these; verification sees all
+    small = copy.deepcopy(heads)
+    small.config.head_vocab = vocab
+    small.head_vocab = torch.tensor(vocab)
+    cfg = DecodeConfig(tree="dynamic", node_budget=16, top_m=4, max_new_tokens=NEW)
+    accepted = []
+    for prompt, ref in zip(prompts, conts):
+        out = generate(model, prompt, small, cfg, eos=set())
+        assert out.tokens == ref.tolist()
+        accepted.extend(out.accept_lengths)
+    assert sum(accepted) / len(accepted) > 1.3
