@@ -208,6 +208,23 @@ def load(args):
     return model, tokenizer, heads
 
 
+def load_heads_calibration(args, heads):
+    """The heads' calibration (auto: calibration.json beside the heads), checked against the head count."""
+    from .calibration import Calibration, CalibrationError, load_calibration
+    from .heads import resolve_heads_path
+
+    try:
+        if args.calibration == "auto":
+            cal = load_calibration(resolve_heads_path(args.heads or SHIPPED_HEADS[args.model]))
+        else:
+            cal = Calibration.from_file(args.calibration)
+        if cal is not None:
+            cal.check_heads(heads.num_heads)
+    except (CalibrationError, OSError) as e:
+        raise SystemExit(f"error: calibration: {e}") from e
+    return cal
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.prompt is not None and not args.prompt.strip():
@@ -217,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, json.JSONDecodeError) as e:
         raise SystemExit(f"error: {e}") from e
     model, tokenizer, heads = load(args)
+    if heads is not None and args.calibration != "none":
+        cfg.calibration = load_heads_calibration(args, heads)
     if heads is not None and cfg.tree == "dynamic" and str(args.node_budget) == "auto":
         from .budget import DEFAULT_SIZES, load_or_measure
 
