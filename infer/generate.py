@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="static tree as JSON list of rank paths, e.g. '[[0],[1],[0,0]]'",
     )
     p.add_argument(
+        "--calibration",
+        default="auto",
+        help="calibration.json for the heads' probabilities: 'auto' (the heads folder's, if any), 'none', or a path",
+    )
+    p.add_argument(
         "--acceptance",
         choices=ACCEPTANCE,
         default=None,
