@@ -201,7 +201,8 @@ def load_conversations(source: str, skip_bad: bool = False, split: str = "train"
 
     source:   path to .json / .jsonl, a local dataset folder, or a datasets hub id
     skip_bad: skip (and count) bad records instead of raising DataError
-    split:    split to read for dataset folders and hub ids
+    split:    split to read for dataset folders and hub ids; in local files, records carrying a "split" field
+              (distilled files tag train/calib/eval) are kept only when it equals `split`
     returns:  (records, stats) with stats = {"source", "total", "loaded", "skipped", "skipped_by_kind"}
     """
     if not isinstance(source, str) or not source:
@@ -215,7 +216,11 @@ def load_conversations(source: str, skip_bad: bool = False, split: str = "train"
     skipped: Counter[str] = Counter()
     first_error: dict[str, str] = {}
     total = 0
+    other_split = 0
     for index, line, raw in iter_records(source_path, split=split):
+        if isinstance(raw, dict) and isinstance(raw.get("split"), str) and raw["split"] != split:
+            other_split += 1  # another split of the same file: held out on purpose, not a bad record
+            continue
         total += 1
         try:
             records.append(normalise_record(raw, index, default_id=f"{stem}-{index}"))
@@ -233,6 +238,7 @@ def load_conversations(source: str, skip_bad: bool = False, split: str = "train"
         "loaded": len(records),
         "skipped": sum(skipped.values()),
         "skipped_by_kind": dict(skipped),
+        "other_split": other_split,
     }
     if skipped:
         detail = "; ".join(f"{k}={n} (first: {first_error[k]})" for k, n in skipped.items())
@@ -240,6 +246,7 @@ def load_conversations(source: str, skip_bad: bool = False, split: str = "train"
     log.info("%s: loaded %d conversations", source, len(records))
     if not records:
         raise ValueError(
-            f"{source}: no usable conversations ({total} records read, {stats['skipped']} skipped)"
+            f"{source}: no usable conversations ({total} records of split {split!r} read, "
+            f"{stats['skipped']} skipped, {other_split} of other splits)"
         )
     return records, stats

@@ -85,7 +85,17 @@ def test_sharegpt_and_openai_normalise_to_the_same_records(tmp_path):
         "loaded": 2,
         "skipped": 0,
         "skipped_by_kind": {},
+        "other_split": 0,
     }
+
+
+def test_split_tags_filter_records(tmp_path):
+    lines = [json.dumps({**r, "split": s}) for r, s in zip(OPENAI, ["train", "eval"])]
+    path = write_jsonl(tmp_path / "tagged.jsonl", lines)
+    train, stats = load_conversations(path)  # split="train" by default
+    assert [r["id"] for r in train] == [EXPECTED[0]["id"]] and stats["other_split"] == 1
+    held_out, _ = load_conversations(path, split="eval")
+    assert [r["id"] for r in held_out] == [EXPECTED[1]["id"]]
 
 
 def test_default_ids_and_record_level_system(tmp_path):

@@ -1,0 +1,132 @@
+"""Recipes: strict parsing, typed key=value overrides, every shipped recipe valid, the CLI's --dry-run."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from train.config import Recipe, RecipeError, apply_overrides, leaf_keys, load_recipe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml")))
+
+
+def test_recipes_exist():
+    names = {os.path.basename(p) for p in RECIPES}
+    assert {"vicuna7b.yaml", "qwen2.5-7b-medusa2.yaml", "smollm2-135m.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
+def test_every_recipe_parses_and_opens_with_its_command(path):
+    cfg = load_recipe(path)
+    with open(path) as f:
+        first = f.readline()
+    rel = os.path.relpath(path, ROOT)
+    assert first.startswith("# ") and "train/medusa.py" in first and rel in first, first
+    # the resolved recipe round-trips through YAML unchanged
+    assert Recipe.from_dict(yaml.safe_load(cfg.to_yaml(header="x"))) == cfg
+
+
+def test_shipped_recipe_choices():
+    vic = load_recipe(os.path.join(ROOT, "recipes", "vicuna7b.yaml"))
+    assert (vic.mode, vic.heads.medusa_num_heads, vic.heads.layout) == ("medusa1", 5, "own_lm_head")
+    assert (vic.train.per_device_batch_size, vic.train.gradient_accumulation_steps, vic.train.lr) == (
+        8,
+        4,
+        1e-3,
+    )
+    assert (
+        vic.data.template == "vicuna_v1.1"
+        and vic.data.max_length == 2048
+        and vic.train.mixed_precision == "bf16"
+    )
+    qwen = load_recipe(os.path.join(ROOT, "recipes", "qwen2.5-7b-medusa2.yaml"))
+    assert qwen.mode == "medusa2" and qwen.medusa2.lora_r == 16 and qwen.medusa2.heads_lr_multiplier == 4.0
+    small = load_recipe(os.path.join(ROOT, "recipes", "smollm2-135m.yaml"))
+    assert small.train.cache_features and small.train.logits_dtype == "bfloat16"
+    assert small.heads.layout == "shared_lm_head" and small.output.output_dir == "outputs/smollm2-135m"
+
+
+def test_unknown_keys_are_errors():
+    with pytest.raises(RecipeError, match="unknown key 'trian'.*did you mean 'train'"):
+        Recipe.from_dict({"trian": {}})
+    with pytest.raises(RecipeError, match="unknown key 'train.learning_rate'"):
+        Recipe.from_dict({"train": {"learning_rate": 1e-3}})
+    with pytest.raises(RecipeError, match="unknown override key 'train.lrr'.*did you mean 'train.lr'"):
+        apply_overrides({}, ["train.lrr=1"])
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        ({"train": {"max_steps": "ten"}}, "train.max_steps: expected int, got str"),
+        ({"train": {"max_steps": 1.5}}, "train.max_steps: expected int, got float"),
+        ({"train": {"cache_features": 1}}, "train.cache_features: expected bool, got int"),
+        ({"train": {"lr": "fast"}}, "train.lr: expected float"),
+        ({"train": {"adam_betas": 0.9}}, "train.adam_betas: expected a list"),
+        ({"model": {"name_or_path": 7}}, "model.name_or_path: expected str"),
+        ({"medusa2": {"lora_target_modules": ["q_proj", 3]}}, r"lora_target_modules\[1\]: expected str"),
+        ({"heads": 4}, "heads: expected a mapping"),
+        ({"heads": {"layout": "tied"}}, "heads.layout must be one of"),
+        ({"mode": "medusa3"}, "mode must be one of"),
+        ({"mode": "medusa2", "train": {"cache_features": True}}, "cache_features needs a frozen base"),
+    ],
+)
+def test_wrong_types_and_values_are_errors(raw, match):
+    with pytest.raises(RecipeError, match=match):
+        Recipe.from_dict(raw)
+
+
+def test_lenient_numbers():
+    cfg = Recipe.from_dict({"train": {"lr": "1e-3", "warmup_ratio": 0, "num_epochs": 3}})
+    assert cfg.train.lr == 1e-3 and isinstance(cfg.train.warmup_ratio, float) and cfg.train.num_epochs == 3.0
+
+
+def test_overrides_are_typed(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("# python train/medusa.py r.yaml\ntrain:\n  lr: 1.0e-3\n")
+    cfg = load_recipe(
+        str(path),
+        [
+            "train.lr=3e-4",  # dotted
+            "max_steps=12",  # bare, unique across sections
+            "cache_features=true",
+            "model.name_or_path=1234",  # str fields take the text verbatim
+            "model.revision=null",
+            "medusa2.lora_target_modules=[q_proj, v_proj]",
+            "adam_betas=[0.9, 0.95]",
+            "data.eval_data=held/out.json",
+        ],
+    )
+    assert cfg.train.lr == 3e-4 and cfg.train.max_steps == 12 and cfg.train.cache_features is True
+    assert cfg.model.name_or_path == "1234" and cfg.model.revision is None
+    assert cfg.medusa2.lora_target_modules == ["q_proj", "v_proj"] and cfg.train.adam_betas == [0.9, 0.95]
+    assert cfg.data.eval_data == "held/out.json"
+    with pytest.raises(RecipeError, match="train.max_steps: expected int"):
+        load_recipe(str(path), ["max_steps=many"])
+    with pytest.raises(RecipeError, match="key=value"):
+        load_recipe(str(path), ["max_steps"])
+    with pytest.raises(RecipeError, match="must be one of"):
+        load_recipe(str(path), ["heads.layout=weird"])
+
+
+def test_bare_keys_are_unique():
+    leaves = [k.rsplit(".", 1)[-1] for k in leaf_keys()]
+    assert len(leaves) == len(set(leaves)), "a bare override name would be ambiguous"
+
+
+@pytest.mark.parametrize("how", ["path", "module"])
+def test_cli_dry_run(how):
+    cmd = [sys.executable, "train/medusa.py"] if how == "path" else [sys.executable, "-m", "train.medusa"]
+    cmd += ["recipes/tiny-test.yaml", "lr=0.5", "train.max_steps=3", "--dry-run"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    resolved = yaml.safe_load(out.stdout)
+    assert resolved["train"]["lr"] == 0.5 and resolved["train"]["max_steps"] == 3
+    bad = subprocess.run(cmd[:-1] + ["nope=1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "unknown override key 'nope'" in bad.stderr

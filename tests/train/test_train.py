@@ -1,0 +1,177 @@
+"""The training loop on a tiny random model (tests/tiny.py) saved to a folder: 2-process DeepSpeed ZeRO-2 under
+accelerate launch, exact resume, cached features, Medusa-2 with LoRA. Each run takes seconds on a CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from train.medusa import shifted_targets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RECIPE = os.path.join(ROOT, "recipes", "tiny-test.yaml")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tiny llama + tokenizer folder and 48 conversations of the FastChat sample."""
+    from tests.tiny import tiny_model, tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny")
+    model_dir = str(root / "model")
+    tiny_model("llama", vocab_size=400).save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    with open(os.path.join(ROOT, "data", "fastchat_dummy_conversation.json")) as f:
+        records = json.load(f)[:48]
+    data = str(root / "data.json")
+    with open(data, "w") as f:
+        json.dump(records, f)
+    return {"model": model_dir, "data": data, "root": root}
+
+
+def overrides(assets, out, *extra):
+    return [
+        f"model.name_or_path={assets['model']}",
+        f"data.path={assets['data']}",
+        f"output_dir={out}",
+        *extra,
+    ]
+
+
+def run(assets, out, *extra):
+    """main() in this process (one CPU thread: the box is shared), with accelerate's singletons reset."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from train.medusa import main
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main([RECIPE, *overrides(assets, out, *extra)])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def read_log(out):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def final_state(out, name="final"):
+    with open(os.path.join(out, name, "trainer_state.json")) as f:
+        return json.load(f)
+
+
+def weights(out, name="final"):
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(out, name, "model.safetensors"))
+
+
+def test_shifted_targets_stop_at_packed_boundaries():
+    labels = torch.tensor([[10, 11, 12, 13, 20, 21, 22]])
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2]])  # two packed conversations
+    t = shifted_targets(labels, pos, [1, 2])
+    assert t[0, :, 0].tolist() == [11, 12, 13, -100, 21, 22, -100]
+    assert t[0, :, 1].tolist() == [12, 13, -100, -100, 22, -100, -100]
+    assert shifted_targets(labels, None, [2])[0, :, 0].tolist() == [12, 13, 20, 21, 22, -100, -100]
+
+
+def test_zero2_two_processes(assets):
+    """accelerate launch, DeepSpeed ZeRO-2, 2 CPU processes: loss falls, ranks agree, checkpoints are complete."""
+    out = str(assets["root"] / "zero2")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "train/accelerate/zero2.yaml"]
+    cmd += ["--num_processes", "2", "train/medusa.py", RECIPE, *overrides(assets, out, "max_steps=8")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    losses = [r["loss"] for r in read_log(out) if "loss" in r]
+    assert len(losses) == 8 and losses[-1] < 0.8 * losses[0], losses
+    state = final_state(out)
+    assert state["num_processes"] == 2 and len(set(state["rank_param_sha256"])) == 1, state
+    assert sorted(os.listdir(out)) == ["checkpoint-4", "checkpoint-8", "final", "log.jsonl"]
+    ckpt = os.path.join(out, "checkpoint-8")
+    for name in ("config.json", "model.safetensors", "recipe.yaml", "metrics.json", "trainer_state.json"):
+        assert os.path.exists(os.path.join(ckpt, name)), name
+    assert os.path.isdir(os.path.join(ckpt, "state", "pytorch_model"))  # DeepSpeed's optimizer shards
+    with open(os.path.join(out, "final", "metrics.json")) as f:
+        metrics = json.load(f)
+    assert len(metrics["heads"]) == 3 and all(0 <= h["top1"] <= h["top5"] <= 1 for h in metrics["heads"])
+    assert metrics["train_data"] == assets["data"] and metrics["train_time_s"] >= 0
+
+    from infer.heads import MedusaHeads
+
+    heads = MedusaHeads.from_pretrained(os.path.join(out, "final"))
+    assert heads.config.medusa_num_heads == 3 and heads.config.layout == "own_lm_head"
+
+
+def test_resume_gives_the_uninterrupted_weights(assets):
+    full, broken = str(assets["root"] / "full"), str(assets["root"] / "broken")
+    run(assets, full, "save_every=2", "save_total_limit=2", "eval_every=0")
+    assert sorted(n for n in os.listdir(full) if n.startswith("checkpoint")) == [
+        "checkpoint-6",
+        "checkpoint-8",
+    ]
+    # "killed" after step 7: the newest complete checkpoint is step 6, steps 7.. are redone
+    run(assets, broken, "save_every=3", "stop_after_steps=7", "eval_every=0")
+    assert not os.path.exists(os.path.join(broken, "final"))
+    assert sorted(n for n in os.listdir(broken) if n.startswith("checkpoint")) == [
+        "checkpoint-3",
+        "checkpoint-6",
+    ]
+    run(assets, broken, "save_every=3", "eval_every=0")
+    a, b = weights(full), weights(broken)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert final_state(full)["rank_param_sha256"] == final_state(broken)["rank_param_sha256"]
+    # the resumed run logged steps 7 and 8 again, with the same losses as the uninterrupted run
+    full_loss = {r["step"]: r["loss"] for r in read_log(full) if "loss" in r}
+    resumed = [r for r in read_log(broken) if "loss" in r]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6, 7, 7, 8]
+    assert all(r["loss"] == full_loss[r["step"]] for r in resumed)
+
+
+def test_cached_features_match_the_base(assets):
+    plain, cached = str(assets["root"] / "plain"), str(assets["root"] / "cached")
+    run(assets, plain, "max_steps=2", "save_every=0", "eval_every=0")
+    features = str(assets["root"] / "features")
+    metrics = run(
+        assets, cached, "max_steps=2", "save_every=0", "cache_features=true", f"features_dir={features}"
+    )
+    assert len(os.listdir(features)) == 2  # train and eval caches
+    l0, l1 = read_log(plain), read_log(cached)
+    assert [r["loss"] for r in l0 if "loss" in r] == pytest.approx(
+        [r["loss"] for r in l1 if "loss" in r], rel=1e-5
+    )
+    a, b = weights(plain), weights(cached)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert len(metrics["heads"]) == 3
+    # the second run finds the cache (same data, model and max_length): no new folder
+    run(
+        assets,
+        str(assets["root"] / "cached2"),
+        "max_steps=1",
+        "cache_features=true",
+        f"features_dir={features}",
+    )
+    assert len(os.listdir(features)) == 2
+
+
+def test_medusa2_lora(assets):
+    out = str(assets["root"] / "medusa2")
+    extra = ["mode=medusa2", "max_steps=3", "heads_warmup_steps=2", "distill_weight=0.5", "save_every=0"]
+    metrics = run(assets, out, *extra, "medusa2.lora_target_modules=[q_proj, v_proj]", "lora_r=4")
+    adapter = os.path.join(out, "final", "adapter")
+    assert os.path.exists(os.path.join(adapter, "adapter_config.json"))
+    assert os.path.exists(os.path.join(adapter, "adapter_model.safetensors"))
+    with open(os.path.join(adapter, "adapter_config.json")) as f:
+        assert sorted(json.load(f)["target_modules"]) == ["q_proj", "v_proj"]
+    log = [r for r in read_log(out) if "loss" in r]
+    assert [r["coef"] for r in log] == [0.1, 0.2, 0.2] and all(r["loss"] == r["loss"] for r in log)
+    assert "lm" in metrics and len(metrics["heads"]) == 3

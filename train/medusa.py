@@ -1,0 +1,640 @@
+"""Train Medusa heads: one loop, top to bottom.
+
+    accelerate launch [--config_file train/accelerate/<ddp|zero2|zero3>.yaml] train/medusa.py recipes/<name>.yaml \
+        [key=value ...]        # also: python train/medusa.py ...  |  python -m train.medusa ...
+    python train/medusa.py recipes/smollm2-135m.yaml --dry-run      # print the resolved recipe and exit
+
+mode: medusa1  the base is frozen; only the heads train. loss = sum_k decay**k * CE(head_k(h_t), label_{t+k+2}),
+               on assistant tokens only. train.cache_features runs the base once over the data and trains the heads
+               on its stored last hidden states (post final norm) instead.
+mode: medusa2  LoRA adapters on the base train together with the heads: loss = CE(lm_head(h_t), label_{t+1})
+               + distill_weight * KL(base without adapters || with) + coef * heads_loss, with coef warmed up linearly.
+
+Outputs, in output.output_dir:
+    checkpoint-{step}/  heads (config.json + model.safetensors, MedusaHeads.from_pretrained loads the folder),
+                        adapter/ (medusa2, peft), recipe.yaml, metrics.json, trainer_state.json, state/
+                        (accelerate: optimizer, RNG, trainable weights). Written to a .tmp folder, then renamed.
+    final/              the same without state/: the heads to use.
+    log.jsonl           one line per logged step and per evaluation.
+Resuming (output.resume: auto) loads the newest complete checkpoint; the data order is a pure function of
+(seed, epoch), so the resumed run replays exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+
+if __package__ in (None, ""):  # run by path: make the repo root importable instead of train/
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.config import RecipeError, load_recipe
+
+IGNORE = -100  # label of tokens that are not trained on
+SHARD = 256  # examples per feature-cache shard file
+
+
+# ----------------------------------------------------------------------------- the model being trained
+def shifted_targets(labels, position_ids, shifts):
+    """labels [B, T] -> [B, T, len(shifts)]: column j at t holds labels[t + shifts[j]] (IGNORE past the end or
+    across a packed-sequence boundary, where position_ids do not continue)."""
+    B, T = labels.shape
+    out = labels.new_full((B, T, len(shifts)), IGNORE)
+    for j, s in enumerate(shifts):
+        if s >= T:
+            continue
+        tgt = labels[:, s:]
+        if position_ids is not None:
+            tgt = tgt.masked_fill(position_ids[:, s:] != position_ids[:, :-s] + s, IGNORE)
+        out[:, : T - s, j] = tgt
+    return out
+
+
+def ce_stats(logits, target):
+    """-> (mean CE, [loss sum, top-1 hits, top-5 hits, count]) over rows of logits [N, V]."""
+    logits = logits.float()
+    loss_sum = F.cross_entropy(logits, target, reduction="sum")
+    with torch.no_grad():
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        hit = top == target[:, None]
+        stats = [loss_sum.detach(), hit[:, 0].sum(), hit.any(-1).sum(), target.new_tensor(len(target))]
+    return loss_sum / max(len(target), 1), torch.stack(stats).float()
+
+
+class Trainee(nn.Module):
+    """Heads (+ the base, with LoRA in medusa2). forward(batch) -> {"loss", "heads_loss" [K], "stats" [S, 4]}.
+
+    batch: {input_ids, attention_mask, labels[, position_ids]} from the data, or {hidden [N, H], targets [N, K]}
+    from the feature cache. Vocabulary projections run only on labelled rows, through module calls (so DeepSpeed
+    ZeRO-3 gathers their weights). stats rows: heads 0..K-1, then the base's next token (medusa2).
+    """
+
+    def __init__(self, heads, base=None, lm_head=None, decay=0.8, logits_dtype="float32", lora=False):
+        super().__init__()
+        self.heads, self.base, self.lora = heads, base, lora
+        self.frozen_lm_head = lm_head  # cached features only: a frozen copy of the base lm_head
+        self.decay, self.logits_bf16 = decay, logits_dtype == "bfloat16"
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.base is not None and not self.lora:
+            self.base.eval()  # a frozen base never runs dropout
+        return self
+
+    def lm_head(self):
+        return self.frozen_lm_head if self.base is None else self.base.get_output_embeddings()
+
+    def decoder(self):
+        model = self.base.get_base_model() if self.lora else self.base  # peft -> the transformers model
+        return model.base_model  # e.g. LlamaModel: last_hidden_state is after the final norm
+
+    def project(self, proj, x):
+        if self.logits_bf16:  # the K x [N, H] @ [H, V] projections dominate the cost
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return proj(x)
+        return proj(x.to(proj.weight.dtype))
+
+    def forward(self, batch, heads_coefficient=1.0, distill_weight=0.0):
+        K = self.heads.num_heads
+        extra = {}
+        if "hidden" in batch:
+            hidden, targets = batch["hidden"], batch["targets"]  # [N, H], [N, K]
+        else:
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+            with torch.set_grad_enabled(self.lora and torch.is_grad_enabled()):
+                h = self.decoder()(**inputs, use_cache=False).last_hidden_state  # [B, T, H]
+            shifts = ([1] if self.lora else []) + [k + 2 for k in range(K)]
+            tg = shifted_targets(batch["labels"], batch.get("position_ids"), shifts)
+            if self.lora:  # the base's own next-token loss (+ distillation from itself without adapters)
+                rows = tg[..., 0] != IGNORE
+                student = self.project(self.lm_head(), h[rows])
+                extra["lm"] = ce_stats(student, tg[..., 0][rows])
+                if distill_weight > 0:
+                    with torch.no_grad(), self.base.disable_adapter():
+                        ht = self.decoder()(**inputs, use_cache=False).last_hidden_state
+                        teacher = self.project(self.lm_head(), ht[rows]).float()
+                    kl = F.kl_div(student.float().log_softmax(-1), teacher.log_softmax(-1), log_target=True,
+                                  reduction="sum")  # fmt: skip
+                    extra["kl"] = kl / max(len(teacher), 1)  # per-row KL(teacher || student)
+                tg = tg[..., 1:]
+            keep = (tg != IGNORE).any(-1)  # positions with at least one head target
+            hidden, targets = h[keep], tg[keep]
+        feats = self.heads.features(hidden.to(next(self.heads.parameters()).dtype))  # [K, N, H]
+        losses, stats = [], []
+        for k in range(K):
+            valid = targets[:, k] != IGNORE
+            proj = self.heads.lm_heads[k] if self.heads.lm_heads is not None else self.lm_head()
+            loss_k, stats_k = ce_stats(self.project(proj, feats[k][valid]), targets[:, k][valid])
+            losses.append(loss_k)
+            stats.append(stats_k)
+        heads_loss = sum(self.decay**k * loss for k, loss in enumerate(losses))
+        loss = heads_coefficient * heads_loss
+        if "lm" in extra:
+            loss = loss + extra["lm"][0] + distill_weight * extra.get("kl", 0.0)
+            stats.append(extra["lm"][1])
+        return {"loss": loss, "heads_loss": torch.stack(losses).detach(), "stats": torch.stack(stats)}
+
+
+# ----------------------------------------------------------------------------- feature cache (medusa1)
+class FeatureSet(torch.utils.data.Dataset):
+    """Cached features: example i -> {"hidden": [n_i, H], "targets": [n_i, K]} (its rows with a head target)."""
+
+    def __init__(self, folder):
+        from safetensors import safe_open
+
+        with open(os.path.join(folder, "index.json")) as f:
+            self.n = json.load(f)["examples"]
+        self.files = [os.path.join(folder, shard_name(s)) for s in range(math.ceil(self.n / SHARD))]
+        self.offsets = []  # per shard: row offset of each example
+        for path in self.files:
+            with safe_open(path, framework="pt") as f:
+                self.offsets.append(F.pad(f.get_tensor("lengths").cumsum(0), (1, 0)))
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        from safetensors import safe_open
+
+        s, j = divmod(i, SHARD)
+        a, b = int(self.offsets[s][j]), int(self.offsets[s][j + 1])
+        with safe_open(self.files[s], framework="pt") as f:
+            return {"hidden": f.get_slice("hidden")[a:b], "targets": f.get_slice("targets")[a:b]}
+
+
+def shard_name(s):
+    return f"shard-{s:05d}.safetensors"
+
+
+def collate_features(items):
+    return {k: torch.cat([it[k] for it in items]) for k in ("hidden", "targets")}
+
+
+def cache_features(accelerator, cfg, base, ds, collate_fn, name):
+    """Run the frozen base over ds once (each process a share of the shards) -> FeatureSet. The folder name hashes
+    the tokenised data, the model and its dtype, and the heads' shifts; a killed run resumes shard by shard."""
+    from safetensors.torch import save_file
+
+    from infer.base import cache_root, resolve_model_path
+
+    K, path, m = cfg.heads.medusa_num_heads, resolve_model_path(cfg.model.name_or_path), cfg.model
+    files = [os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else []
+    model_id = [m.name_or_path, m.revision, m.dtype] + [
+        (f, os.stat(f).st_size, os.stat(f).st_mtime) for f in files
+    ]
+    data_id = [getattr(ds, "_fingerprint", None), len(ds), ds[0]["input_ids"], ds[len(ds) - 1]["input_ids"]]
+    key = hashlib.sha256(json.dumps([model_id, data_id, K, cfg.data.max_length], default=str).encode())
+    root = cfg.train.features_dir or os.path.join(cache_root(), "features")
+    folder = os.path.join(root, f"{name}-{key.hexdigest()[:16]}")
+    if not os.path.exists(os.path.join(folder, "index.json")):
+        os.makedirs(folder, exist_ok=True)
+        shards = range(accelerator.process_index, math.ceil(len(ds) / SHARD), accelerator.num_processes)
+        bar = tqdm_(len(shards), f"caching {name} features", accelerator)
+        for s in shards:
+            out, bs = os.path.join(folder, shard_name(s)), cfg.train.eval_batch_size
+            idx = list(range(s * SHARD, min(len(ds), (s + 1) * SHARD)))
+            hidden, targets, lengths = [], [], []
+            for i in range(0, len(idx), bs) if not os.path.exists(out) else []:  # done by a killed run: skip
+                batch = to_device(collate_fn([ds[j] for j in idx[i : i + bs]]), base.device)
+                inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+                with torch.no_grad():
+                    h = base.base_model(**inputs, use_cache=False).last_hidden_state
+                tg = shifted_targets(batch["labels"], batch.get("position_ids"), [k + 2 for k in range(K)])
+                keep = (tg != IGNORE).any(-1)
+                for b in range(len(h)):
+                    hidden.append(h[b][keep[b]].cpu())
+                    targets.append(tg[b][keep[b]].cpu())
+                    lengths.append(int(keep[b].sum()))
+            if hidden:
+                tensors = {
+                    "hidden": torch.cat(hidden),
+                    "targets": torch.cat(targets),
+                    "lengths": torch.tensor(lengths),
+                }
+                save_file({k: v.contiguous() for k, v in tensors.items()}, out + ".tmp")
+                os.replace(out + ".tmp", out)
+            bar.update(1)
+        bar.close()
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            with open(os.path.join(folder, "index.json.tmp"), "w") as f:
+                json.dump({"examples": len(ds), "shard_size": SHARD, "model": model_id}, f, default=str)
+            os.replace(os.path.join(folder, "index.json.tmp"), os.path.join(folder, "index.json"))
+    accelerator.wait_for_everyone()
+    return FeatureSet(folder)
+
+
+# ----------------------------------------------------------------------------- data order, eval, checkpoints
+def tqdm_(total, desc, accelerator, initial=0):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not accelerator.is_main_process)
+
+
+def to_device(batch, device):
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def micro_batches(n, batch_size, world, rank, seed, micro_per_epoch, start):
+    """Yield this rank's example indices for micro-batch start, start+1, ...: epoch e is a permutation seeded by
+    seed + e, cut into global batches of batch_size * world (rank r takes slice r). Pure function of the index."""
+    for m in itertools.count(start):
+        epoch, i = divmod(m, micro_per_epoch)
+        if i == 0 or m == start:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        g = (i * world + rank) * batch_size
+        yield perm[g : g + batch_size]
+
+
+@torch.no_grad()
+def evaluate(accelerator, model, eval_ds, collate_fn, batch_size, mask_key):
+    """Per-head loss / top-1 / top-5 over eval_ds (each rank a strided share, padded to equal batch counts)."""
+    m = accelerator.unwrap_model(model)
+    was_training = m.training
+    m.eval()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    share = list(range(rank, math.ceil(len(eval_ds) / world) * world, world))  # ids >= len are padding
+    total = None
+    for i in range(0, len(share), batch_size):
+        ids = share[i : i + batch_size]
+        batch = collate_fn([eval_ds[j if j < len(eval_ds) else 0] for j in ids])
+        if mask_key == "labels":  # padding examples: no label counts
+            batch["labels"][torch.tensor([j >= len(eval_ds) for j in ids])] = IGNORE
+        elif any(j >= len(eval_ds) for j in ids):
+            n_real = sum(len(eval_ds[j]["targets"]) for j in ids if j < len(eval_ds))
+            batch["targets"][n_real:] = IGNORE  # padding ids come last
+        stats = m(to_device(batch, accelerator.device))["stats"]
+        total = stats if total is None else total + stats
+    total = accelerator.reduce(total, reduction="sum").cpu()
+    m.train(was_training)
+    rows = []
+    for loss_sum, top1, top5, n in total.tolist():
+        rates = {"top1": top1, "top5": top5, "loss": loss_sum}
+        rows.append({k: round(v / max(n, 1), 5) for k, v in rates.items()} | {"tokens": int(n)})
+    K = m.heads.num_heads
+    return {"heads": rows[:K], **({"lm": rows[K]} if len(rows) > K else {})}
+
+
+def is_deepspeed(accelerator):
+    return getattr(accelerator.state, "deepspeed_plugin", None) is not None
+
+
+def is_zero3(accelerator):
+    return is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
+def gathered(accelerator, params):
+    """ZeRO-3: the full parameters on every process for the duration; otherwise nothing to do."""
+    if is_zero3(accelerator):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    return nullcontext()
+
+
+def complete_checkpoints(output_dir):
+    """checkpoint-{step} folders that finished writing (renamed from .tmp), oldest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    paths = [
+        os.path.join(output_dir, n) for n in os.listdir(output_dir) if re.fullmatch(r"checkpoint-\d+", n)
+    ]
+    paths = [p for p in paths if os.path.exists(os.path.join(p, "trainer_state.json"))]
+    return sorted(paths, key=lambda p: int(p.rsplit("-", 1)[1]))
+
+
+def save_checkpoint(accelerator, model, cfg, name, trainer_state, metrics, with_state):
+    """All processes call this. Writes output_dir/name.tmp, then renames it; prunes old checkpoint-* folders."""
+    out_dir = cfg.output.output_dir
+    final, tmp = os.path.join(out_dir, name), os.path.join(out_dir, name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    accelerator.wait_for_everyone()
+    if with_state:  # optimizer, RNG, trainable weights (DeepSpeed: its own shards, without the frozen base)
+        kw = {"exclude_frozen_parameters": True} if is_deepspeed(accelerator) else {}
+        accelerator.save_state(os.path.join(tmp, "state"), **kw)
+    unwrapped = accelerator.unwrap_model(model)
+    trainable = [(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad]
+    with gathered(accelerator, [p for _, p in trainable]):
+        digest = hashlib.sha256()
+        for n, p in trainable:
+            digest.update(n.encode() + p.detach().float().cpu().numpy().tobytes())
+        if accelerator.is_main_process:
+            unwrapped.heads.save_pretrained(tmp)
+            if unwrapped.lora:
+                unwrapped.base.save_pretrained(os.path.join(tmp, "adapter"))
+    from accelerate.utils import gather_object
+
+    hashes = gather_object([digest.hexdigest()])
+    if accelerator.is_main_process:
+        with open(os.path.join(tmp, "recipe.yaml"), "w") as f:  # relaunchable: its first line is the command
+            f.write(cfg.to_yaml(header=f"python train/medusa.py {os.path.join(final, 'recipe.yaml')}"))
+        with open(os.path.join(tmp, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+            json.dump(trainer_state | {"rank_param_sha256": hashes}, f, indent=2)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        limit = cfg.output.save_total_limit
+        for old in complete_checkpoints(out_dir)[:-limit] if limit else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return hashes
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Train Medusa heads from a YAML recipe.")
+    parser.add_argument("recipe", help="recipes/<name>.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 max_steps=100")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe and exit")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_recipe(args.recipe, args.overrides)
+    except RecipeError as e:
+        parser.error(str(e))
+    if args.dry_run:
+        print(cfg.to_yaml(header=f"resolved from {args.recipe}"), end="")
+        return None
+
+    from accelerate import Accelerator, InitProcessGroupKwargs
+    from accelerate.utils import set_seed
+
+    from data.chat import build_dataset, collate
+    from infer.base import load_base_model
+    from infer.heads import MedusaConfig, MedusaHeads
+
+    t, out_dir = cfg.train, cfg.output.output_dir
+    # Launched distributed without CUDA: the process group must be gloo (else accelerate sees one process and
+    # gather crashes). A plain single process must not get a backend (accelerate would then expect a group).
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    kwargs = [InitProcessGroupKwargs(backend="gloo")] if distributed and not torch.cuda.is_available() else []
+    accelerator = Accelerator(
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        mixed_precision=t.mixed_precision,
+        log_with=cfg.output.report_to or None,
+        project_dir=out_dir,
+        kwargs_handlers=kwargs,
+    )
+    is_main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+    if is_main:
+        print(cfg.to_yaml(header=f"resolved recipe ({args.recipe}), {world} process(es)"), flush=True)
+        os.makedirs(out_dir, exist_ok=True)
+    set_seed(t.seed)
+
+    # ---- base model and data
+    m = cfg.model
+    base, tokenizer = load_base_model(
+        m.name_or_path, m.dtype, m.revision, m.trust_remote_code, accelerator.device
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def collate_fn(items):
+        return collate(items, pad_id)
+
+    d = cfg.data
+    build = dict(max_length=d.max_length, template=d.template, skip_bad=d.skip_bad, pack=d.pack)
+    build |= dict(cache_dir=d.cache_dir, num_proc=d.num_proc)
+    with accelerator.main_process_first():
+        train_ds = build_dataset(tokenizer, d.path, split=d.split, **build)
+        eval_ds = build_dataset(tokenizer, d.eval_data, split=d.eval_split, **build) if d.eval_data else None
+    if eval_ds is None and d.eval_fraction > 0:  # a seeded split, the same on every process and every run
+        perm = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(t.seed)).tolist()
+        n_eval = max(1, round(d.eval_fraction * len(train_ds)))
+        eval_ds, train_ds = train_ds.select(sorted(perm[:n_eval])), train_ds.select(sorted(perm[n_eval:]))
+    if d.max_train_examples:
+        train_ds = train_ds.select(range(min(d.max_train_examples, len(train_ds))))
+    if d.max_eval_examples and eval_ds is not None:
+        eval_ds = eval_ds.select(range(min(d.max_eval_examples, len(eval_ds))))
+
+    # ---- heads (+ LoRA), optionally on cached features
+    lm_head = base.get_output_embeddings()
+    hcfg = MedusaConfig(
+        hidden_size=lm_head.in_features,  # not weight.shape: ZeRO-3 loads the base partitioned
+        vocab_size=lm_head.out_features,
+        medusa_num_heads=cfg.heads.medusa_num_heads,
+        medusa_num_layers=cfg.heads.medusa_num_layers,
+        layout=cfg.heads.layout,
+        base_model_name_or_path="" if os.path.isdir(cfg.model.name_or_path) else cfg.model.name_or_path,
+        base_model_revision=cfg.model.revision,
+    )
+    heads = MedusaHeads(hcfg)
+    with gathered(accelerator, [lm_head.weight]):
+        heads.init_from_lm_head(lm_head)
+    lora = cfg.mode == "medusa2"
+    tk = dict(decay=cfg.heads.decay, logits_dtype=t.logits_dtype, lora=lora)
+    if t.cache_features:
+        if is_zero3(accelerator):
+            raise SystemExit(
+                "train.cache_features runs the base outside DeepSpeed: use ddp.yaml or zero2.yaml"
+            )
+        train_ds = cache_features(accelerator, cfg, base, train_ds, collate_fn, "train")
+        eval_ds = cache_features(accelerator, cfg, base, eval_ds, collate_fn, "eval") if eval_ds else None
+        frozen = nn.Linear(hcfg.hidden_size, hcfg.vocab_size, bias=False, dtype=lm_head.weight.dtype)
+        frozen.weight.data.copy_(lm_head.weight.data)
+        model = Trainee(heads, lm_head=frozen.requires_grad_(False), **tk)
+        del base, lm_head
+        collate_fn = collate_features
+    else:
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            m2 = cfg.medusa2
+            lcfg = dict(r=m2.lora_r, lora_alpha=m2.lora_alpha, lora_dropout=m2.lora_dropout)
+            base = get_peft_model(
+                base, LoraConfig(**lcfg, target_modules=m2.lora_target_modules, task_type="CAUSAL_LM")
+            )
+            if t.gradient_checkpointing:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = Trainee(heads, base=base, **tk)
+
+    # ---- optimizer (torch AdamW; the lr is set by hand each step: cosine with linear warm-up)
+    heads_lr = t.lr * (cfg.medusa2.heads_lr_multiplier if lora else 1.0)
+    groups = [{"params": [p for p in heads.parameters() if p.requires_grad], "lr": heads_lr}]
+    if lora:
+        groups.append({"params": [p for p in model.base.parameters() if p.requires_grad], "lr": t.lr})
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+
+    micro_per_epoch = len(train_ds) // (t.per_device_batch_size * world)
+    steps_per_epoch = micro_per_epoch // t.gradient_accumulation_steps
+    if steps_per_epoch < 1:
+        raise SystemExit(
+            f"{len(train_ds)} training examples are fewer than one optimizer step needs "
+            f"({t.per_device_batch_size} x {world} processes x {t.gradient_accumulation_steps} accumulation)"
+        )
+    micro_per_epoch = steps_per_epoch * t.gradient_accumulation_steps  # drop the incomplete last step
+    total_steps = t.max_steps or max(1, math.ceil(t.num_epochs * steps_per_epoch))
+    warmup = math.ceil(t.warmup_ratio * total_steps)
+
+    def lr_factor(step):  # step is 0-based: the update about to happen
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+    if is_deepspeed(accelerator):  # no dataloader is prepared: tell DeepSpeed directly
+        ds_cfg = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_cfg["train_micro_batch_size_per_gpu"] = t.per_device_batch_size
+        if ds_cfg.get("gradient_clipping", "auto") == "auto":
+            ds_cfg["gradient_clipping"] = t.max_grad_norm
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    def keep_trainable(models, weights, _dir):  # state/ holds the trainable weights, not the frozen base
+        for i in range(len(weights)):  # DeepSpeed saves its own (exclude_frozen_parameters): weights is empty
+            names = {n for n, p in models[i].named_parameters() if p.requires_grad}
+            weights[i] = {k: v for k, v in weights[i].items() if k in names}
+
+    accelerator.register_save_state_pre_hook(keep_trainable)
+
+    # ---- resume
+    start_step, train_time = 0, 0.0
+    metrics = {
+        "heads": [],
+        "train_data": d.path,
+        "eval_data": d.eval_data or f"{d.eval_fraction:g} of the train data",
+    }
+    resume = cfg.output.resume
+    ckpt = None if resume == "none" else resume
+    if resume == "auto":
+        ckpt = (complete_checkpoints(out_dir) or [None])[-1]
+    if ckpt is not None:
+        if not os.path.exists(os.path.join(ckpt, "trainer_state.json")):
+            raise SystemExit(f"output.resume: {ckpt} is not a complete checkpoint (no trainer_state.json)")
+        ds_kw = {"load_module_strict": False} if is_deepspeed(accelerator) else {"strict": False}
+        accelerator.load_state(os.path.join(ckpt, "state"), **ds_kw)
+        with open(os.path.join(ckpt, "trainer_state.json")) as f:
+            state = json.load(f)
+        start_step, train_time = state["step"], state["train_time_s"]
+        if state.get("num_processes", world) != world:
+            accelerator.print(
+                f"warning: {ckpt} had {state['num_processes']} processes: the data order differs"
+            )
+        with open(os.path.join(ckpt, "metrics.json")) as f:
+            metrics = json.load(f)
+        accelerator.print(f"resumed from {ckpt} at step {start_step}")
+    if cfg.output.report_to:
+        accelerator.init_trackers(cfg.output.project_name, config=_flat(cfg.to_dict()))
+
+    log_path = os.path.join(out_dir, "log.jsonl")
+    if is_main:  # a fresh run starts a fresh log; half-written .tmp checkpoints of a killed run are dropped
+        if start_step == 0 and os.path.exists(log_path):
+            os.remove(log_path)
+        for name in (n for n in os.listdir(out_dir) if n.endswith(".tmp")):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+
+    def log(record):
+        if is_main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if cfg.output.report_to:
+            accelerator.log(_flat(record), step=record["step"])
+
+    def run_eval(step):
+        nonlocal metrics
+        if eval_ds is None:
+            return
+        mask_key = "targets" if t.cache_features else "labels"
+        result = evaluate(accelerator, model, eval_ds, collate_fn, t.eval_batch_size, mask_key)
+        metrics |= {
+            "step": step,
+            **result,
+            "train_time_s": round(train_time, 1),
+            "eval_examples": len(eval_ds),
+        }
+        line = " ".join(f"{h['top1']:.3f}/{h['top5']:.3f}" for h in result["heads"])
+        accelerator.print(f"eval step {step}: per-head top1/top5 {line}")
+        log({"step": step, "eval": result})
+
+    def state_at(step):
+        progress = {"step": step, "total_steps": total_steps, "epoch": step / steps_per_epoch}
+        return progress | {"train_time_s": round(train_time, 3), "num_processes": world}
+
+    # ---- the loop
+    accelerator.print(
+        f"{len(train_ds)} train / {len(eval_ds) if eval_ds else 0} eval examples; {total_steps} steps of "
+        f"{t.per_device_batch_size} x {world} x {t.gradient_accumulation_steps}; {steps_per_epoch} steps/epoch"
+    )
+    start_micro = start_step * t.gradient_accumulation_steps  # resuming: skip what was consumed
+    batches = micro_batches(
+        len(train_ds), t.per_device_batch_size, world, rank, t.seed, micro_per_epoch, start_micro
+    )
+    model.train()
+    bar = tqdm_(total_steps, "train", accelerator, initial=start_step)
+    m2, stopped = cfg.medusa2, False
+    for step in range(start_step, total_steps):
+        t0 = time.time()
+        for g, lr0 in zip(optimizer.param_groups, base_lrs):
+            g["lr"] = lr0 * lr_factor(step)
+        coef = m2.heads_coefficient * min(1.0, (step + 1) / max(1, m2.heads_warmup_steps)) if lora else 1.0
+        loss_sum, heads_sum = 0.0, 0.0
+        for _ in range(t.gradient_accumulation_steps):
+            idx = next(batches)
+            batch = to_device(collate_fn([train_ds[i] for i in idx]), accelerator.device)
+            with accelerator.accumulate(model):
+                out = model(batch, heads_coefficient=coef, distill_weight=m2.distill_weight if lora else 0.0)
+                accelerator.backward(out["loss"])
+                grad_norm = None
+                if accelerator.sync_gradients and t.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += out["loss"].detach() / t.gradient_accumulation_steps
+            heads_sum += out["heads_loss"] / t.gradient_accumulation_steps
+        train_time += time.time() - t0
+        done = step + 1
+        bar.update(1)
+        if done % t.log_every == 0 or done == total_steps:
+            vals = accelerator.reduce(torch.stack([loss_sum, *heads_sum]).float(), reduction="mean").tolist()
+            record = {"step": done, "epoch": round(done / steps_per_epoch, 3), "loss": round(vals[0], 5)}
+            record["heads_loss"] = [round(x, 4) for x in vals[1:]]
+            record |= {"lr": optimizer.param_groups[0]["lr"], "coef": coef}  # group 0: the heads
+            record["grad_norm"] = None if grad_norm is None else round(float(grad_norm), 4)
+            bar.set_postfix(loss=f"{vals[0]:.4f}")
+            log(record)
+        if t.eval_every and done % t.eval_every == 0 and done != total_steps:
+            run_eval(done)
+        if cfg.output.save_every and done % cfg.output.save_every == 0:
+            save_checkpoint(accelerator, model, cfg, f"checkpoint-{done}", state_at(done), metrics, True)
+        if t.stop_after_steps and done >= t.stop_after_steps:
+            stopped = True
+            accelerator.print(f"train.stop_after_steps={t.stop_after_steps}: stopping without a final save")
+            break
+    bar.close()
+    if not stopped:
+        run_eval(total_steps)
+        metrics["train_time_s"] = round(train_time, 1)
+        hashes = save_checkpoint(accelerator, model, cfg, "final", state_at(total_steps), metrics, False)
+        accelerator.print(
+            f"done: {out_dir}/final ({train_time:.0f} s of training); params sha256 {hashes[0][:12]}"
+        )
+    accelerator.end_training()
+    return metrics
+
+
+def _flat(d, prefix=""):
+    """Nested dict -> {"a.b": scalar} for trackers (lists are indexed: heads.0.top1)."""
+    out = {}
+    for k, v in d.items() if isinstance(d, dict) else enumerate(d):
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, (dict, list)) else {f"{prefix}{k}": v}
+    return out
+
+
+if __name__ == "__main__":
+    main()
