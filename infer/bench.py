@@ -1,11 +1,17 @@
 """Benchmark: plain vs static-tree vs dynamic-tree decoding, side by side in one run.
 
-    python -m infer.bench                          # embedded SmolLM2 + shipped heads, MT-Bench questions
-    python -m infer.bench --limit 10 --dtype float32 bfloat16 --max-new-tokens 128 --out bench.jsonl
+    python -m infer.bench                                # embedded SmolLM2 + shipped heads, MT-Bench first turns
+    python -m infer.bench --limit 10 --dtype float32 bfloat16 --modes plain static:16 dynamic-raw:16 dynamic-cal:16 auto
 
-For every prompt, every mode runs on the same prompt one after the other (so machine noise hits all modes alike).
-Prints one JSON line per prompt and dtype, then a table per dtype: tokens/step, tokens/s, speedup over plain in the
-same dtype, tree-building and heads share of decode time, predicted tokens/step, and greedy identity with plain.
+Modes (``name[:nodes]``):
+    plain            plain decoding, same code path (the baseline of its dtype)
+    static:N         static tree of N nodes grown from per-rank accuracies measured on data the heads did not
+                     train on (``rank_accuracy`` in calibration.json; Medusa's default tree when there is none)
+    dynamic-raw:N    dynamic tree of N nodes ranked by raw head probabilities (the seed paper's method)
+    dynamic-cal:N    the same with calibrated probabilities
+    auto             calibrated dynamic tree, cheap heads (``--cheap-heads``, if given) and the auto node budget
+For every prompt all modes run one after the other, so machine noise hits them alike. Prints one JSON line per
+prompt and dtype, then a table per dtype; ``--plot`` writes a PNG chart and an acceptance-length histogram.
 """
 
 from __future__ import annotations
@@ -18,13 +24,15 @@ import sys
 import torch
 
 from .base import DEFAULT_MODEL, load_base_model
-from .decode import DecodeConfig, DecodeResult, generate
+from .budget import DEFAULT_SIZES, load_or_measure
+from .calibration import load_calibration
+from .decode import DEFAULT_CHOICES, DecodeConfig, DecodeResult, generate
 from .generate import SHIPPED_HEADS, encode, read_prompts
-from .heads import MedusaHeads
+from .heads import MedusaHeads, resolve_heads_path
+from .tree import sparse_tree_from_accuracies
 
-DEFAULT_PROMPTS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "mt_bench_questions.jsonl"
-)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_PROMPTS = os.path.join(ROOT, "data", "mt_bench_questions.jsonl")
 
 
 def parse_args(argv=None):
@@ -33,6 +41,9 @@ def parse_args(argv=None):
         "--model", default=DEFAULT_MODEL, help="base model (default: embedded SmolLM2-135M-Instruct)"
     )
     p.add_argument("--heads", default=None, help="heads folder or Hub id (default: the shipped heads)")
+    p.add_argument(
+        "--cheap-heads", default=None, help="heads with a reduced head vocabulary, for the auto mode"
+    )
     p.add_argument(
         "--heads-label", default=None, help="how to describe the heads in the output (e.g. 'quick-fit')"
     )
@@ -45,33 +56,62 @@ def parse_args(argv=None):
         "--dtype", nargs="+", default=["bfloat16"], help="dtypes to measure, e.g. float32 bfloat16"
     )
     p.add_argument(
-        "--modes", nargs="+", default=["plain", "static", "dynamic"], help="modes, see --help text"
+        "--modes",
+        nargs="+",
+        default=["plain", "static:16", "dynamic-raw:16", "dynamic-cal:16", "auto"],
+        help="modes, see above",
     )
-    p.add_argument("--node-budget", type=int, default=32, help="dynamic tree nodes")
-    p.add_argument("--top-m", type=int, default=8, help="dynamic tree: candidates per head")
-    p.add_argument("--medusa-choices", default=None, help="static tree: JSON file or string of rank paths")
+    p.add_argument("--top-m", type=int, default=8, help="dynamic trees: candidates per head")
+    p.add_argument("--max-nodes", type=int, default=64, help="auto mode: upper bound of the node budget")
     p.add_argument("--warmup", type=int, default=1, help="prompts run first and not counted")
     p.add_argument("--out", default=None, help="also write the JSON lines to this file")
+    p.add_argument(
+        "--plot", default=None, help="write a PNG chart (speedup, tokens/step, acceptance histogram) here"
+    )
     return p.parse_args(argv)
 
 
-def mode_config(mode: str, args) -> DecodeConfig:
-    common = dict(max_new_tokens=args.max_new_tokens)
-    if mode == "plain":
-        return DecodeConfig(tree="none", **common)
-    if mode == "static":
-        choices = None
-        if args.medusa_choices:
-            text = (
-                open(args.medusa_choices).read()
-                if os.path.exists(args.medusa_choices)
-                else args.medusa_choices
+def load_heads(path: str, model):
+    heads = MedusaHeads.from_pretrained(path)
+    heads.check_base(model)
+    heads.to(dtype=model.dtype).eval().requires_grad_(False)
+    return heads, load_calibration(resolve_heads_path(path))
+
+
+def build_modes(args, model, heads, cal, cheap) -> dict[str, tuple]:
+    """mode name -> (heads or None, DecodeConfig)."""
+    modes = {}
+    common = dict(max_new_tokens=args.max_new_tokens, top_m=args.top_m)
+    for spec in args.modes:
+        name, _, n = spec.partition(":")
+        n = int(n) if n else 16
+        if name == "plain":
+            modes[spec] = (None, DecodeConfig(tree="none", max_new_tokens=args.max_new_tokens))
+        elif name == "static":
+            if cal is not None and cal.rank_accuracy:
+                choices = sparse_tree_from_accuracies(cal.rank_accuracy, n)
+            else:
+                choices, spec = DEFAULT_CHOICES, "static:medusa-default"
+            modes[spec] = (heads, DecodeConfig(tree="static", medusa_choices=choices, **common))
+        elif name == "dynamic-raw":
+            modes[spec] = (heads, DecodeConfig(tree="dynamic", node_budget=n, **common))
+        elif name == "dynamic-cal":
+            if cal is None:
+                raise SystemExit(
+                    "error: dynamic-cal needs calibration.json beside the heads (python -m train.calibrate)"
+                )
+            modes[spec] = (heads, DecodeConfig(tree="dynamic", node_budget=n, calibration=cal, **common))
+        elif name == "auto":
+            h, c = cheap if cheap is not None else (heads, cal)
+            sizes = [t for t in DEFAULT_SIZES if t <= args.max_nodes + 1]
+            latency = load_or_measure(model, h, model.device, sizes=sizes)
+            cfg = DecodeConfig(
+                tree="dynamic", node_budget=args.max_nodes, calibration=c, latency=latency, **common
             )
-            choices = [tuple(c) for c in json.loads(text)]
-        return DecodeConfig(tree="static", medusa_choices=choices, **common)
-    if mode == "dynamic":
-        return DecodeConfig(tree="dynamic", node_budget=args.node_budget, top_m=args.top_m, **common)
-    raise SystemExit(f"error: unknown mode {mode!r}")
+            modes[spec] = (h, cfg)
+        else:
+            raise SystemExit(f"error: unknown mode {spec!r}")
+    return modes
 
 
 class Totals:
@@ -104,33 +144,84 @@ class Totals:
         }
 
 
+def print_table(dtype: str, label: str, rows: dict) -> None:
+    base = rows.get("plain", {}).get("tokens_per_s")
+    print(f"\n## {dtype}: heads {label}")
+    print(
+        f"{'mode':<18}{'tok/step':>9}{'pred':>7}{'tok/s':>8}{'speedup':>9}{'tree%':>7}{'heads%':>8}{'identical':>11}"
+    )
+    for m, r in rows.items():
+        pred = f"{r['predicted_tokens_per_step']:.2f}" if r["predicted_tokens_per_step"] else "-"
+        speed = f"{r['tokens_per_s'] / base:.2f}x" if base else "-"
+        print(
+            f"{m:<18}{r['tokens_per_step']:>9.2f}{pred:>7}{r['tokens_per_s']:>8.1f}{speed:>9}"
+            f"{100 * r['tree_share']:>6.1f}%{100 * r['heads_share']:>7.1f}%{r['identical']:>11}"
+        )
+
+
+def plot(summaries: list[dict], path: str) -> None:
+    """Bars of speedup and tokens/step per mode and dtype, and the acceptance-length histogram of each mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    width = 0.8 / max(1, len(summaries))
+    for j, s in enumerate(summaries):
+        modes = list(s["modes"])
+        base = s["modes"].get("plain", {}).get("tokens_per_s") or 1.0
+        xs = [i + j * width for i in range(len(modes))]
+        axes[0].bar(xs, [s["modes"][m]["tokens_per_s"] / base for m in modes], width, label=s["summary"])
+        axes[1].bar(xs, [s["modes"][m]["tokens_per_step"] for m in modes], width, label=s["summary"])
+        for ax in axes[:2]:
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(modes))], modes, rotation=30, ha="right")
+    axes[0].axhline(1.0, color="gray", lw=0.8)
+    axes[0].set_title("speedup over plain (same dtype)")
+    axes[1].set_title("tokens per step")
+    last = summaries[-1]
+    for m, r in last["modes"].items():
+        hist = {int(k): v for k, v in r["accept_hist"].items()}
+        total = sum(hist.values()) or 1
+        ks = sorted(hist)
+        axes[2].plot(ks, [hist[k] / total for k in ks], marker="o", label=m)
+    axes[2].set_title(f"accepted tokens per step ({last['summary']})")
+    axes[2].set_xlabel("tokens emitted in a step (bonus counted)")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     convs = read_prompts(args.prompts, args.limit + args.warmup)
     heads_path = args.heads or SHIPPED_HEADS.get(args.model)
     if heads_path is None:
         raise SystemExit("error: pass --heads")
-    label = args.heads_label or heads_path
+    label = args.heads_label or (
+        os.path.relpath(heads_path, ROOT) if os.path.isdir(heads_path) else heads_path
+    )
     out = open(args.out, "w") if args.out else None
     print(
-        f"# bench: model {args.model}, heads {label}, {len(convs) - args.warmup} prompts from {args.prompts}, "
+        f"# bench: model {args.model}, heads {label}, cheap heads {args.cheap_heads}, "
+        f"{len(convs) - args.warmup} prompts from {os.path.relpath(args.prompts, ROOT)}, "
         f"{args.max_new_tokens} new tokens, torch threads {torch.get_num_threads()}",
         flush=True,
     )
+    summaries = []
     for dtype in args.dtype:
         model, tokenizer = load_base_model(args.model, dtype)
-        heads = MedusaHeads.from_pretrained(heads_path)
-        heads.check_base(model)
-        heads.to(dtype=model.dtype).eval().requires_grad_(False)
-        configs = {m: mode_config(m, args) for m in args.modes}
-        totals = {m: Totals() for m in args.modes}
+        heads, cal = load_heads(heads_path, model)
+        cheap = load_heads(args.cheap_heads, model) if args.cheap_heads else None
+        modes = build_modes(args, model, heads, cal, cheap)
+        totals = {m: Totals() for m in modes}
         for i, turns in enumerate(convs):
             ids = encode(
                 tokenizer, [{"role": "user", "content": turns[0]}], tokenizer.chat_template is not None
             )
-            results = {
-                m: generate(model, ids, None if m == "plain" else heads, c) for m, c in configs.items()
-            }
+            results = {m: generate(model, ids, h, c) for m, (h, c) in modes.items()}
             if i < args.warmup:
                 continue
             ref = results.get("plain")
@@ -142,6 +233,9 @@ def main(argv=None) -> int:
                     "new_tokens": len(r.tokens),
                     "tokens_per_step": round(r.tokens_per_step, 3),
                     "tokens_per_s": round(r.tokens_per_second, 2),
+                    "predicted": round(sum(r.predicted) / max(1, len(r.predicted)), 3)
+                    if r.predicted
+                    else None,
                     "identical": same,
                 }
             text = json.dumps(line)
@@ -149,22 +243,14 @@ def main(argv=None) -> int:
             if out:
                 out.write(text + "\n")
         rows = {m: t.row() for m, t in totals.items()}
-        base = rows.get("plain", {}).get("tokens_per_s")
-        print(f"\n## {dtype}: {label}")
-        print(
-            f"{'mode':<10}{'tok/step':>9}{'pred':>7}{'tok/s':>8}{'speedup':>9}{'tree%':>7}{'heads%':>8}{'identical':>11}"
-        )
-        for m, r in rows.items():
-            pred = f"{r['predicted_tokens_per_step']:.2f}" if r["predicted_tokens_per_step"] else "-"
-            speed = f"{r['tokens_per_s'] / base:.2f}x" if base else "-"
-            print(
-                f"{m:<10}{r['tokens_per_step']:>9.2f}{pred:>7}{r['tokens_per_s']:>8.1f}{speed:>9}"
-                f"{100 * r['tree_share']:>6.1f}%{100 * r['heads_share']:>7.1f}%{r['identical']:>11}"
-            )
+        print_table(dtype, label, rows)
         summary = {"summary": dtype, "heads": label, "modes": rows}
+        summaries.append(summary)
         if out:
             out.write(json.dumps(summary) + "\n")
         print(json.dumps(summary), flush=True)
+    if args.plot:
+        plot(summaries, args.plot)
     return 0
 
 

@@ -1,30 +1,8 @@
 import json
 
 import pytest
-import torch
 
 from infer import generate as cli
-from infer.heads import MedusaConfig, MedusaHeads
-from tests.tiny import tiny_model, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    model = tiny_model("llama", vocab_size=400)
-    model.config.max_position_embeddings = 160
-    model.save_pretrained(root / "model")
-    tiny_tokenizer().save_pretrained(root / "model")
-    torch.manual_seed(0)
-    heads = MedusaHeads(
-        MedusaConfig(hidden_size=64, vocab_size=400, medusa_num_heads=3, base_model_name_or_path="tiny")
-    )
-    for p in heads.parameters():
-        p.data.normal_(0, 0.05)
-    heads.save_pretrained(root / "heads")
-    bad = MedusaHeads(MedusaConfig(hidden_size=32, vocab_size=400, medusa_num_heads=2))
-    bad.save_pretrained(root / "bad_heads")
-    return root
 
 
 def _run(folders, capsys, *extra):
