@@ -50,8 +50,13 @@ class DataConfig:
     pack: bool = False  # concatenate conversations into max_length sequences (adds position_ids)
     skip_bad: bool = False  # skip (and count) malformed records instead of failing
     max_train_examples: int = 0  # use only the first N training examples after the split (0 = all)
-    split: str = "train"  # records tagged with another "split" (distilled files: train/calib/eval) are not used
+    split: str = (
+        "train"  # records tagged with another "split" (distilled files: train/calib/eval) are not used
+    )
     eval_split: str = "eval"  # split of eval_data's tagged records used for evaluation
+    calib_data: str | None = None  # conversations the heads never train on: calibrate on them after training
+    calib_split: str = "calib"  # split of calib_data's tagged records used for calibration
+    calib_max_examples: int = 200  # conversations used for calibration (0 = all)
     eval_data: str | None = None  # held-out file for per-head accuracy; None = split off eval_fraction
     eval_fraction: float = 0.02  # fraction of the data held out when eval_data is None (0 = no eval)
     max_eval_examples: int = 0  # evaluate on at most the first N held-out examples (0 = all)

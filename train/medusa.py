@@ -624,6 +624,20 @@ def main(argv=None):
         accelerator.print(
             f"done: {out_dir}/final ({train_time:.0f} s of training); params sha256 {hashes[0][:12]}"
         )
+        if d.calib_data and accelerator.is_main_process:  # on the split the heads did not train on
+            from train.calibrate import main as calibrate
+
+            args = [os.path.join(out_dir, "final"), "--data", d.calib_data, "--split", d.calib_split]
+            args += [
+                "--model",
+                m.name_or_path,
+                "--dtype",
+                m.dtype,
+                "--max-examples",
+                str(d.calib_max_examples),
+            ]
+            if calibrate(args) != 0:
+                accelerator.print("calibration failed; the heads in final/ are usable uncalibrated")
     accelerator.end_training()
     return metrics
 
