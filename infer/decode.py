@@ -117,13 +117,6 @@ def tree_attention_mask(tree_mask: torch.Tensor, prefix_len: int, dtype: torch.d
     return mask
 
 
-def cache_layers(cache):
-    """(keys, values, setter) for every layer of a transformers KV cache, old and new APIs."""
-    if hasattr(cache, "layers"):
-        return [(layer, "keys", "values") for layer in cache.layers]
-    return [(cache, ("key_cache", i), ("value_cache", i)) for i in range(len(cache.key_cache))]
-
-
 def compact_kv(cache, prefix_len: int, keep: torch.Tensor) -> None:
     """Keep only the tree positions ``keep`` [A] (ascending, tree-relative) after ``prefix_len`` cached tokens.
 
@@ -132,20 +125,23 @@ def compact_kv(cache, prefix_len: int, keep: torch.Tensor) -> None:
     A = keep.numel()
     contiguous = bool((keep == torch.arange(A, device=keep.device)).all())
     idx = keep + prefix_len
-    for obj, kname, vname in cache_layers(cache):
-        for name in (kname, vname):
-            if isinstance(name, tuple):
-                lst, i = getattr(obj, name[0]), name[1]
-                t = lst[i]
-            else:
-                t = getattr(obj, name)
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            t = getattr(layer, name)  # [B, heads, L, D]
             if not contiguous:
                 t[..., prefix_len : prefix_len + A, :] = t[..., idx, :]
-            t = t[..., : prefix_len + A, :]
-            if isinstance(name, tuple):
-                lst[i] = t
-            else:
-                setattr(obj, name, t)
+            setattr(layer, name, t[..., : prefix_len + A, :])
+
+
+def check_window(model, total_len: int) -> None:
+    """Sliding-window layers are run with full attention (our 4-D mask): exact only inside the window."""
+    cfg = model.config
+    window = getattr(cfg, "sliding_window", None)
+    if window and getattr(cfg, "use_sliding_window", True) and total_len > window:
+        raise ValueError(
+            f"{total_len} tokens exceed the model's sliding window of {window}: tree decoding here treats "
+            "attention as full attention, which is exact only within the window; shorten prompt or max_new_tokens"
+        )
 
 
 # ----------------------------------------------------------------------------------------------- acceptance
@@ -303,8 +299,9 @@ def generate(
     t_start = _now(device)
 
     # Prefill: logits only at the last position; the heads on its hidden state.
-    cache = DynamicCache(config=model.config)
     L = input_ids.shape[1]
+    check_window(model, L + cfg.max_new_tokens + cfg.node_budget + 1)
+    cache = DynamicCache()  # plain full-attention layers: the tree mask decides what each token sees
     hidden = forward_hidden(decoder, input_ids, cache, torch.arange(L, device=device)[None])[0, -1]  # [H]
     logits = project(model, lm_head, hidden)  # [V]
     root = _pick(logits, cfg, generator)
