@@ -55,20 +55,11 @@ def coverage(counts: Counter, vocab: list[int]) -> float:
     return sum(c for t, c in counts.items() if t in keep) / max(1, total)
 
 
-def load_records(path: str, split: str | None) -> list[dict]:
+def load_records(path: str, split: str) -> list[dict]:
+    """Conversations of ``path``; records tagged with another split (calib, eval) are left out."""
     from data.conversations import load_conversations
 
-    records, _ = load_conversations(path)
-    if split:
-        import json
-
-        # Distilled files carry a "split" per record; keep the asked one (the raw file keeps it, the loader may not).
-        with open(path) as f:
-            splits = {json.loads(line)["id"]: json.loads(line).get("split") for line in f if line.strip()}
-        records = [r for r in records if splits.get(r["id"], split) == split]
-    if not records:
-        raise SystemExit(f"error: no records in {path} (split {split!r})")
-    return records
+    return load_conversations(path, split=split)[0]
 
 
 def main(argv=None) -> int:
@@ -77,7 +68,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--data", required=True, help="training conversations (JSON/JSONL), the heads' own training data"
     )
-    p.add_argument("--split", default="train", help="records of this split only ('' for all)")
+    p.add_argument("--split", default="train", help="records tagged with this split only (untagged records always count)")
     p.add_argument("--size", type=int, default=8192, help="tokens kept in the head vocabulary")
     p.add_argument("--model", default=None, help="tokenizer source (default: the heads' base model)")
     p.add_argument("--out", default=None, help="output heads folder (default: HEADS-v{size})")
@@ -87,7 +78,7 @@ def main(argv=None) -> int:
 
     heads = MedusaHeads.from_pretrained(args.heads)
     _, tokenizer = load_base_model(args.model or heads.config.base_model_name_or_path or None)
-    counts = token_counts(tokenizer, load_records(args.data, args.split or None))
+    counts = token_counts(tokenizer, load_records(args.data, args.split))
     always = {tokenizer.eos_token_id} - {None}
     print(f"{sum(counts.values())} assistant tokens, {len(counts)} distinct")
     for size in SIZES:
