@@ -68,7 +68,9 @@ def main(argv=None) -> int:
     p.add_argument(
         "--data", required=True, help="training conversations (JSON/JSONL), the heads' own training data"
     )
-    p.add_argument("--split", default="train", help="records tagged with this split only (untagged records always count)")
+    p.add_argument(
+        "--split", default="train", help="records tagged with this split only (untagged records always count)"
+    )
     p.add_argument("--size", type=int, default=8192, help="tokens kept in the head vocabulary")
     p.add_argument("--model", default=None, help="tokenizer source (default: the heads' base model)")
     p.add_argument("--out", default=None, help="output heads folder (default: HEADS-v{size})")
