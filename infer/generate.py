@@ -18,6 +18,7 @@ import torch
 from .base import DEFAULT_MODEL, BaseModelError, load_base_model
 from .decode import ACCEPTANCE, TREES, DecodeConfig, DecodeResult, generate
 from .heads import HeadsError, MedusaHeads
+from .tree import sparse_tree_from_accuracies
 
 # The shipped heads of the default model: the reduced-vocabulary variant (same accuracy, half the heads' cost).
 SHIPPED_HEADS = {DEFAULT_MODEL: os.path.join(os.path.dirname(__file__), "pretrained", "smollm2-135m-v8k")}
@@ -242,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer, heads = load(args)
     if heads is not None and args.calibration != "none":
         cfg.calibration = load_heads_calibration(args, heads)
+    rank_acc = getattr(cfg.calibration, "rank_accuracy", None)
+    if cfg.tree == "static" and cfg.medusa_choices is None and rank_acc:
+        # Medusa's recipe: grow the static tree on held-out per-rank accuracies (16 nodes under --node-budget auto)
+        n = 16 if str(args.node_budget) == "auto" else cfg.node_budget
+        cfg.medusa_choices = sparse_tree_from_accuracies(rank_acc[: cfg.depth or len(rank_acc)], n)
     if heads is not None and cfg.tree == "dynamic" and str(args.node_budget) == "auto":
         from .budget import DEFAULT_SIZES, load_or_measure
 
