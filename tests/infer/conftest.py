@@ -24,3 +24,18 @@ def folders(tmp_path_factory):
     bad = MedusaHeads(MedusaConfig(hidden_size=32, vocab_size=400, medusa_num_heads=2))
     bad.save_pretrained(root / "bad_heads")
     return root
+
+
+@pytest.fixture
+def calibrated_heads(folders, tmp_path):
+    """A copy of the tiny heads with an identity calibration that carries per-rank accuracies."""
+    from infer.calibration import Calibration
+
+    heads = tmp_path / "heads"
+    heads.mkdir()
+    for f in (folders / "heads").iterdir():
+        (heads / f.name).write_bytes(f.read_bytes())
+    cal = Calibration.identity(3)
+    cal.rank_accuracy = [[0.5, 0.2, 0.1], [0.4, 0.2], [0.3]]
+    cal.to_file(str(heads / "calibration.json"))
+    return heads

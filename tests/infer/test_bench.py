@@ -1,17 +1,10 @@
 import json
 
 from infer import bench
-from infer.calibration import Calibration
 
 
-def test_bench_runs_all_modes_side_by_side(folders, tmp_path, capsys):
-    heads = tmp_path / "heads"
-    heads.mkdir()
-    for f in (folders / "heads").iterdir():
-        (heads / f.name).write_bytes(f.read_bytes())
-    cal = Calibration.identity(3)
-    cal.rank_accuracy = [[0.5, 0.2, 0.1], [0.4, 0.2], [0.3]]
-    cal.to_file(str(heads / "calibration.json"))
+def test_bench_runs_all_modes_side_by_side(folders, calibrated_heads, tmp_path, capsys):
+    heads = calibrated_heads
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("\n".join(json.dumps({"turns": [f"question {i}"]}) for i in range(3)) + "\n")
     out = tmp_path / "b.jsonl"

@@ -81,16 +81,8 @@ def test_unknown_model_and_mismatched_heads(folders, capsys):
         cli.main(["--model", str(folders / "model"), "--heads", str(folders / "nope"), "--prompt", "hi"])
 
 
-def test_static_tree_grows_from_calibrated_rank_accuracies(folders, capsys, tmp_path):
-    from infer.calibration import Calibration
-
-    heads = tmp_path / "heads"
-    heads.mkdir()
-    for f in (folders / "heads").iterdir():
-        (heads / f.name).write_bytes(f.read_bytes())
-    cal = Calibration.identity(3)
-    cal.rank_accuracy = [[0.5, 0.2, 0.1], [0.4, 0.2], [0.3]]
-    cal.to_file(str(heads / "calibration.json"))
+def test_static_tree_grows_from_calibrated_rank_accuracies(folders, calibrated_heads, capsys):
+    heads = calibrated_heads
     argv = ["--model", str(folders / "model"), "--heads", str(heads), "--prompt", "hi", "--tree", "static"]
     cli.main([*argv, "--node-budget", "4", "--compare", "--json", "--max-new-tokens", "10"])
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
