@@ -72,6 +72,10 @@ class HeadsConfig:
         "shared_lm_head"  # shared_lm_head (frozen base lm_head) or own_lm_head (Medusa-1, init from it)
     )
     decay: float = 0.8  # head k's loss weight is decay**k
+    head_vocab_size: int = (
+        0  # 0: heads score the full vocabulary; N: only the N most frequent assistant tokens
+    )
+    # of the training data (FR-Spec): a K x N x H projection instead of K x V x H, to train and to run
 
 
 @dataclass
@@ -163,7 +167,7 @@ class Recipe:
             raise RecipeError("set train.max_steps > 0 or train.num_epochs > 0")
         if self.mode == "medusa2" and self.train.cache_features:
             raise RecipeError("train.cache_features needs a frozen base: it works with mode: medusa1 only")
-        for name in ("medusa_num_layers",):
+        for name in ("medusa_num_layers", "head_vocab_size"):
             if getattr(self.heads, name) < 0:
                 raise RecipeError(f"heads.{name} must be >= 0")
         for name in ("save_every", "save_total_limit"):

@@ -65,14 +65,16 @@ def shifted_targets(labels, position_ids, shifts):
     return out
 
 
-def ce_stats(logits, target):
-    """-> (mean CE, [loss sum, top-1 hits, top-5 hits, count]) over rows of logits [N, V]."""
+def ce_stats(logits, target, misses=0):
+    """-> (mean CE, [loss sum, top-1 hits, top-5 hits, count]) over rows of logits [N, V]. misses: targets the
+    logits cannot score (outside a reduced head vocabulary); they count as wrong and add no loss."""
     logits = logits.float()
     loss_sum = F.cross_entropy(logits, target, reduction="sum")
     with torch.no_grad():
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
         hit = top == target[:, None]
-        stats = [loss_sum.detach(), hit[:, 0].sum(), hit.any(-1).sum(), target.new_tensor(len(target))]
+        count = target.new_tensor(len(target) + misses)
+        stats = [loss_sum.detach(), hit[:, 0].sum(), hit.any(-1).sum(), count]
     return loss_sum / max(len(target), 1), torch.stack(stats).float()
 
 
@@ -87,8 +89,17 @@ class Trainee(nn.Module):
     def __init__(self, heads, base=None, lm_head=None, decay=0.8, logits_dtype="float32", lora=False):
         super().__init__()
         self.heads, self.base, self.lora = heads, base, lora
-        self.frozen_lm_head = lm_head  # cached features only: a frozen copy of the base lm_head
         self.decay, self.logits_bf16 = decay, logits_dtype == "bfloat16"
+        self.vocab_index = None  # reduced head vocabulary (FR-Spec): token id -> logit row, -1 outside it
+        vocab = heads.head_vocab
+        if vocab.numel():
+            self.vocab_index = torch.full((heads.config.vocab_size,), -1, dtype=torch.long)
+            self.vocab_index[vocab] = torch.arange(len(vocab))
+            if lm_head is not None:  # frozen: keep only the head vocabulary's rows
+                rows = nn.Linear(lm_head.in_features, len(vocab), bias=False, dtype=lm_head.weight.dtype)
+                rows.weight.data.copy_(lm_head.weight.data[vocab])
+                lm_head = rows.requires_grad_(False)
+        self.frozen_lm_head = lm_head  # cached features only: a frozen copy of the base lm_head
 
     def train(self, mode=True):
         super().train(mode)
@@ -103,11 +114,31 @@ class Trainee(nn.Module):
         model = self.base.get_base_model() if self.lora else self.base  # peft -> the transformers model
         return model.base_model  # e.g. LlamaModel: last_hidden_state is after the final norm
 
-    def project(self, proj, x):
+    def project(self, proj, x, rows=None):
+        """x [N, H] -> logits [N, V] through the module proj (so ZeRO-3 gathers it), or [N, len(rows)] through
+        only those rows of its weight (a reduced head vocabulary)."""
+        if rows is None:
+            call = proj
+        else:
+
+            def call(x):
+                return F.linear(x, proj.weight[rows])
+
         if self.logits_bf16:  # the K x [N, H] @ [H, V] projections dominate the cost
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                return proj(x)
-        return proj(x.to(proj.weight.dtype))
+                return call(x)
+        return call(x.to(proj.weight.dtype))
+
+    def head_logits(self, k, x, target):
+        """Head k on features x [N, H] with targets [N] -> (mean CE, stats) over the head's vocabulary."""
+        proj = self.heads.lm_heads[k] if self.heads.lm_heads is not None else self.lm_head()
+        if self.vocab_index is None:
+            return ce_stats(self.project(proj, x), target)
+        target = self.vocab_index.to(target.device)[target]
+        inside = target >= 0
+        rows = None if proj is self.frozen_lm_head else self.heads.head_vocab.to(x.device)  # frozen: sliced
+        misses = int((~inside).sum())
+        return ce_stats(self.project(proj, x[inside], rows), target[inside], misses)
 
     def forward(self, batch, heads_coefficient=1.0, distill_weight=0.0):
         K = self.heads.num_heads
@@ -138,8 +169,7 @@ class Trainee(nn.Module):
         losses, stats = [], []
         for k in range(K):
             valid = targets[:, k] != IGNORE
-            proj = self.heads.lm_heads[k] if self.heads.lm_heads is not None else self.lm_head()
-            loss_k, stats_k = ce_stats(self.project(proj, feats[k][valid]), targets[:, k][valid])
+            loss_k, stats_k = self.head_logits(k, feats[k][valid], targets[:, k][valid])
             losses.append(loss_k)
             stats.append(stats_k)
         heads_loss = sum(self.decay**k * loss for k, loss in enumerate(losses))
@@ -290,6 +320,30 @@ def evaluate(accelerator, model, eval_ds, collate_fn, batch_size, mask_key):
     return {"heads": rows[:K], **({"lm": rows[K]} if len(rows) > K else {})}
 
 
+def head_vocabulary(accelerator, cfg, tokenizer, train_ds, eval_ds):
+    """The heads.head_vocab_size most frequent labelled tokens of the training data (+ EOS), sorted by id."""
+    from collections import Counter
+
+    from train.head_vocab import choose_vocab, coverage
+
+    if is_zero3(accelerator):
+        raise SystemExit(
+            "heads.head_vocab_size slices the lm_head, which ZeRO-3 partitions: use zero2 or ddp"
+        )
+
+    def counts(ds):
+        return Counter(y for labels in ds["labels"] for y in labels if y != IGNORE)
+
+    train_counts = counts(train_ds)
+    vocab = choose_vocab(train_counts, cfg.heads.head_vocab_size, {tokenizer.eos_token_id} - {None})
+    line = f"head vocabulary: {len(vocab)} of {len(train_counts)} distinct training tokens"
+    line += f", coverage {100 * coverage(train_counts, vocab):.2f}% (train)"
+    if eval_ds is not None:
+        line += f", {100 * coverage(counts(eval_ds), vocab):.2f}% (eval)"
+    accelerator.print(line)
+    return vocab
+
+
 def is_deepspeed(accelerator):
     return getattr(accelerator.state, "deepspeed_plugin", None) is not None
 
@@ -435,6 +489,8 @@ def main(argv=None):
         base_model_name_or_path="" if os.path.isdir(cfg.model.name_or_path) else cfg.model.name_or_path,
         base_model_revision=cfg.model.revision,
     )
+    if cfg.heads.head_vocab_size:
+        hcfg.head_vocab = head_vocabulary(accelerator, cfg, tokenizer, train_ds, eval_ds)
     heads = MedusaHeads(hcfg)
     with gathered(accelerator, [lm_head.weight]):
         heads.init_from_lm_head(lm_head)

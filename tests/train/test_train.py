@@ -175,3 +175,55 @@ def test_medusa2_lora(assets):
     log = [r for r in read_log(out) if "loss" in r]
     assert [r["coef"] for r in log] == [0.1, 0.2, 0.2] and all(r["loss"] == r["loss"] for r in log)
     assert "lm" in metrics and len(metrics["heads"]) == 3
+
+
+def test_trainee_scores_a_reduced_head_vocabulary():
+    """Head vocabulary [V_head]: CE over its rows only; targets outside it are misses that add no loss."""
+    from torch import nn
+
+    from infer.heads import MedusaConfig, MedusaHeads
+    from train.medusa import Trainee
+
+    torch.manual_seed(0)
+    H, V, vocab = 8, 30, [2, 5, 7, 11, 13]
+    heads = MedusaHeads(MedusaConfig(hidden_size=H, vocab_size=V, medusa_num_heads=1, head_vocab=vocab))
+    lm_head = nn.Linear(H, V, bias=False)
+    model = Trainee(heads, lm_head=lm_head.requires_grad_(False))
+    hidden = torch.randn(6, H)
+    targets = torch.tensor([[5], [13], [2], [3], [-100], [7]])  # 3 is outside the head vocabulary
+    out = model({"hidden": hidden, "targets": targets})
+    rows = torch.tensor([0, 1, 2, 5])  # labelled rows whose target the heads can score
+    logits = hidden[rows] @ lm_head.weight[vocab].T  # untrained blocks are the identity
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([1, 4, 0, 2]))
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    loss_sum, top1, top5, count = out["stats"][0].tolist()
+    assert count == 5 and top5 == 4  # 5 labelled targets, of which the 4 scorable are all in a top-5 of 5
+    assert top1 == (logits.argmax(-1) == torch.tensor([1, 4, 0, 2])).sum().item()
+
+
+def test_reduced_head_vocabulary_training(assets):
+    """heads.head_vocab_size: the vocabulary comes from the training labels, the cached and the uncached paths
+    agree, held-out accuracy counts every labelled token (the full-vocabulary run's count), heads load back."""
+    from infer.heads import MedusaHeads
+
+    base = ["max_steps=2", "save_every=0", "layout=shared_lm_head"]
+    full = run(assets, str(assets["root"] / "v-full"), *base)
+    plain, cached = str(assets["root"] / "v-plain"), str(assets["root"] / "v-cached")
+    m0 = run(assets, plain, *base, "head_vocab_size=40")
+    feats = f"features_dir={assets['root'] / 'v-features'}"
+    m1 = run(assets, cached, *base, "head_vocab_size=40", "cache_features=true", feats)
+    assert [r["loss"] for r in read_log(plain) if "loss" in r] == pytest.approx(
+        [r["loss"] for r in read_log(cached) if "loss" in r], rel=1e-5
+    )
+    assert [h["tokens"] for h in m0["heads"]] == [h["tokens"] for h in full["heads"]]
+    assert [h["top1"] for h in m0["heads"]] == pytest.approx([h["top1"] for h in m1["heads"]], abs=1e-4)
+    heads = MedusaHeads.from_pretrained(os.path.join(plain, "final"))
+    vocab = heads.config.head_vocab
+    assert 40 <= len(vocab) <= 41 and vocab == sorted(set(vocab))
+    with pytest.raises(SystemExit, match="use zero2 or ddp"):
+        from types import SimpleNamespace
+
+        from train.medusa import head_vocabulary
+
+        zero3 = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
+        head_vocabulary(zero3, None, None, None, None)
