@@ -23,16 +23,13 @@ Resuming (output.resume: auto) loads the newest complete checkpoint; the data or
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 
 if __package__ in (None, ""):  # run by path: make the repo root importable instead of train/
     _here = os.path.dirname(os.path.abspath(__file__))
@@ -40,246 +37,15 @@ if __package__ in (None, ""):  # run by path: make the repo root importable inst
     sys.path.insert(0, os.path.dirname(_here))
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from train.checkpoint import complete_checkpoints, gathered, is_deepspeed, is_zero3, save_checkpoint
 from train.config import RecipeError, load_recipe
-
-IGNORE = -100  # label of tokens that are not trained on
-SHARD = 256  # examples per feature-cache shard file
-
-
-# ----------------------------------------------------------------------------- the model being trained
-def shifted_targets(labels, position_ids, shifts):
-    """labels [B, T] -> [B, T, len(shifts)]: column j at t holds labels[t + shifts[j]] (IGNORE past the end or
-    across a packed-sequence boundary, where position_ids do not continue)."""
-    B, T = labels.shape
-    out = labels.new_full((B, T, len(shifts)), IGNORE)
-    for j, s in enumerate(shifts):
-        if s >= T:
-            continue
-        tgt = labels[:, s:]
-        if position_ids is not None:
-            tgt = tgt.masked_fill(position_ids[:, s:] != position_ids[:, :-s] + s, IGNORE)
-        out[:, : T - s, j] = tgt
-    return out
+from train.features import cache_features, collate_features, to_device, tqdm_
+from train.trainee import IGNORE, Trainee, shifted_targets  # noqa: F401  (shifted_targets: the public API)
 
 
-def ce_stats(logits, target, misses=0):
-    """-> (mean CE, [loss sum, top-1 hits, top-5 hits, count]) over rows of logits [N, V]. misses: targets the
-    logits cannot score (outside a reduced head vocabulary); they count as wrong and add no loss."""
-    logits = logits.float()
-    loss_sum = F.cross_entropy(logits, target, reduction="sum")
-    with torch.no_grad():
-        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-        hit = top == target[:, None]
-        count = target.new_tensor(len(target) + misses)
-        stats = [loss_sum.detach(), hit[:, 0].sum(), hit.any(-1).sum(), count]
-    return loss_sum / max(len(target), 1), torch.stack(stats).float()
-
-
-class Trainee(nn.Module):
-    """Heads (+ the base, with LoRA in medusa2). forward(batch) -> {"loss", "heads_loss" [K], "stats" [S, 4]}.
-
-    batch: {input_ids, attention_mask, labels[, position_ids]} from the data, or {hidden [N, H], targets [N, K]}
-    from the feature cache. Vocabulary projections run only on labelled rows, through module calls (so DeepSpeed
-    ZeRO-3 gathers their weights). stats rows: heads 0..K-1, then the base's next token (medusa2).
-    """
-
-    def __init__(self, heads, base=None, lm_head=None, decay=0.8, logits_dtype="float32", lora=False):
-        super().__init__()
-        self.heads, self.base, self.lora = heads, base, lora
-        self.decay, self.logits_bf16 = decay, logits_dtype == "bfloat16"
-        self.vocab_index = None  # reduced head vocabulary (FR-Spec): token id -> logit row, -1 outside it
-        vocab = heads.head_vocab
-        if vocab.numel():
-            self.vocab_index = torch.full((heads.config.vocab_size,), -1, dtype=torch.long)
-            self.vocab_index[vocab] = torch.arange(len(vocab))
-            if lm_head is not None:  # frozen: keep only the head vocabulary's rows
-                rows = nn.Linear(lm_head.in_features, len(vocab), bias=False, dtype=lm_head.weight.dtype)
-                rows.weight.data.copy_(lm_head.weight.data[vocab])
-                lm_head = rows.requires_grad_(False)
-        self.frozen_lm_head = lm_head  # cached features only: a frozen copy of the base lm_head
-
-    def train(self, mode=True):
-        super().train(mode)
-        if self.base is not None and not self.lora:
-            self.base.eval()  # a frozen base never runs dropout
-        return self
-
-    def lm_head(self):
-        return self.frozen_lm_head if self.base is None else self.base.get_output_embeddings()
-
-    def decoder(self):
-        model = self.base.get_base_model() if self.lora else self.base  # peft -> the transformers model
-        return model.base_model  # e.g. LlamaModel: last_hidden_state is after the final norm
-
-    def project(self, proj, x, rows=None):
-        """x [N, H] -> logits [N, V] through the module proj (so ZeRO-3 gathers it), or [N, len(rows)] through
-        only those rows of its weight (a reduced head vocabulary)."""
-        if rows is None:
-            call = proj
-        else:
-
-            def call(x):
-                return F.linear(x, proj.weight[rows])
-
-        if self.logits_bf16:  # the K x [N, H] @ [H, V] projections dominate the cost
-            with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                return call(x)
-        return call(x.to(proj.weight.dtype))
-
-    def head_logits(self, k, x, target):
-        """Head k on features x [N, H] with targets [N] -> (mean CE, stats) over the head's vocabulary."""
-        proj = self.heads.lm_heads[k] if self.heads.lm_heads is not None else self.lm_head()
-        if self.vocab_index is None:
-            return ce_stats(self.project(proj, x), target)
-        target = self.vocab_index.to(target.device)[target]
-        inside = target >= 0
-        rows = None if proj is self.frozen_lm_head else self.heads.head_vocab.to(x.device)  # frozen: sliced
-        misses = int((~inside).sum())
-        return ce_stats(self.project(proj, x[inside], rows), target[inside], misses)
-
-    def forward(self, batch, heads_coefficient=1.0, distill_weight=0.0):
-        K = self.heads.num_heads
-        extra = {}
-        if "hidden" in batch:
-            hidden, targets = batch["hidden"], batch["targets"]  # [N, H], [N, K]
-        else:
-            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-            with torch.set_grad_enabled(self.lora and torch.is_grad_enabled()):
-                h = self.decoder()(**inputs, use_cache=False).last_hidden_state  # [B, T, H]
-            shifts = ([1] if self.lora else []) + [k + 2 for k in range(K)]
-            tg = shifted_targets(batch["labels"], batch.get("position_ids"), shifts)
-            if self.lora:  # the base's own next-token loss (+ distillation from itself without adapters)
-                rows = tg[..., 0] != IGNORE
-                student = self.project(self.lm_head(), h[rows])
-                extra["lm"] = ce_stats(student, tg[..., 0][rows])
-                if distill_weight > 0:
-                    with torch.no_grad(), self.base.disable_adapter():
-                        ht = self.decoder()(**inputs, use_cache=False).last_hidden_state
-                        teacher = self.project(self.lm_head(), ht[rows]).float()
-                    kl = F.kl_div(student.float().log_softmax(-1), teacher.log_softmax(-1), log_target=True,
-                                  reduction="sum")  # fmt: skip
-                    extra["kl"] = kl / max(len(teacher), 1)  # per-row KL(teacher || student)
-                tg = tg[..., 1:]
-            keep = (tg != IGNORE).any(-1)  # positions with at least one head target
-            hidden, targets = h[keep], tg[keep]
-        feats = self.heads.features(hidden.to(next(self.heads.parameters()).dtype))  # [K, N, H]
-        losses, stats = [], []
-        for k in range(K):
-            valid = targets[:, k] != IGNORE
-            loss_k, stats_k = self.head_logits(k, feats[k][valid], targets[:, k][valid])
-            losses.append(loss_k)
-            stats.append(stats_k)
-        heads_loss = sum(self.decay**k * loss for k, loss in enumerate(losses))
-        loss = heads_coefficient * heads_loss
-        if "lm" in extra:
-            loss = loss + extra["lm"][0] + distill_weight * extra.get("kl", 0.0)
-            stats.append(extra["lm"][1])
-        return {"loss": loss, "heads_loss": torch.stack(losses).detach(), "stats": torch.stack(stats)}
-
-
-# ----------------------------------------------------------------------------- feature cache (medusa1)
-class FeatureSet(torch.utils.data.Dataset):
-    """Cached features: example i -> {"hidden": [n_i, H], "targets": [n_i, K]} (its rows with a head target)."""
-
-    def __init__(self, folder):
-        from safetensors import safe_open
-
-        with open(os.path.join(folder, "index.json")) as f:
-            self.n = json.load(f)["examples"]
-        self.files = [os.path.join(folder, shard_name(s)) for s in range(math.ceil(self.n / SHARD))]
-        self.offsets = []  # per shard: row offset of each example
-        for path in self.files:
-            with safe_open(path, framework="pt") as f:
-                self.offsets.append(F.pad(f.get_tensor("lengths").cumsum(0), (1, 0)))
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        from safetensors import safe_open
-
-        s, j = divmod(i, SHARD)
-        a, b = int(self.offsets[s][j]), int(self.offsets[s][j + 1])
-        with safe_open(self.files[s], framework="pt") as f:
-            return {"hidden": f.get_slice("hidden")[a:b], "targets": f.get_slice("targets")[a:b]}
-
-
-def shard_name(s):
-    return f"shard-{s:05d}.safetensors"
-
-
-def collate_features(items):
-    return {k: torch.cat([it[k] for it in items]) for k in ("hidden", "targets")}
-
-
-def cache_features(accelerator, cfg, base, ds, collate_fn, name):
-    """Run the frozen base over ds once (each process a share of the shards) -> FeatureSet. The folder name hashes
-    the tokenised data, the model and its dtype, and the heads' shifts; a killed run resumes shard by shard."""
-    from safetensors.torch import save_file
-
-    from infer.base import cache_root, resolve_model_path
-
-    K, path, m = cfg.heads.medusa_num_heads, resolve_model_path(cfg.model.name_or_path), cfg.model
-    files = [os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else []
-    model_id = [m.name_or_path, m.revision, m.dtype] + [
-        (f, os.stat(f).st_size, os.stat(f).st_mtime) for f in files
-    ]
-    data_id = [getattr(ds, "_fingerprint", None), len(ds), ds[0]["input_ids"], ds[len(ds) - 1]["input_ids"]]
-    key = hashlib.sha256(json.dumps([model_id, data_id, K, cfg.data.max_length], default=str).encode())
-    root = cfg.train.features_dir or os.path.join(cache_root(), "features")
-    folder = os.path.join(root, f"{name}-{key.hexdigest()[:16]}")
-    if not os.path.exists(os.path.join(folder, "index.json")):
-        os.makedirs(folder, exist_ok=True)
-        shards = range(accelerator.process_index, math.ceil(len(ds) / SHARD), accelerator.num_processes)
-        bar = tqdm_(len(shards), f"caching {name} features", accelerator)
-        for s in shards:
-            out, bs = os.path.join(folder, shard_name(s)), cfg.train.eval_batch_size
-            idx = list(range(s * SHARD, min(len(ds), (s + 1) * SHARD)))
-            hidden, targets, lengths = [], [], []
-            for i in range(0, len(idx), bs) if not os.path.exists(out) else []:  # done by a killed run: skip
-                batch = to_device(collate_fn([ds[j] for j in idx[i : i + bs]]), base.device)
-                inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-                with torch.no_grad():
-                    h = base.base_model(**inputs, use_cache=False).last_hidden_state
-                tg = shifted_targets(batch["labels"], batch.get("position_ids"), [k + 2 for k in range(K)])
-                keep = (tg != IGNORE).any(-1)
-                for b in range(len(h)):
-                    hidden.append(h[b][keep[b]].cpu())
-                    targets.append(tg[b][keep[b]].cpu())
-                    lengths.append(int(keep[b].sum()))
-            if hidden:
-                tensors = {
-                    "hidden": torch.cat(hidden),
-                    "targets": torch.cat(targets),
-                    "lengths": torch.tensor(lengths),
-                }
-                save_file({k: v.contiguous() for k, v in tensors.items()}, out + ".tmp")
-                os.replace(out + ".tmp", out)
-            bar.update(1)
-        bar.close()
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            with open(os.path.join(folder, "index.json.tmp"), "w") as f:
-                json.dump({"examples": len(ds), "shard_size": SHARD, "model": model_id}, f, default=str)
-            os.replace(os.path.join(folder, "index.json.tmp"), os.path.join(folder, "index.json"))
-    accelerator.wait_for_everyone()
-    return FeatureSet(folder)
-
-
-# ----------------------------------------------------------------------------- data order, eval, checkpoints
-def tqdm_(total, desc, accelerator, initial=0):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, disable=not accelerator.is_main_process)
-
-
-def to_device(batch, device):
-    return {k: v.to(device) for k, v in batch.items()}
-
-
+# ----------------------------------------------------------------------------- data order, eval
 def micro_batches(n, batch_size, world, rank, seed, micro_per_epoch, start):
     """Yield this rank's example indices for micro-batch start, start+1, ...: epoch e is a permutation seeded by
     seed + e, cut into global batches of batch_size * world (rank r takes slice r). Pure function of the index."""
@@ -342,75 +108,6 @@ def head_vocabulary(accelerator, cfg, tokenizer, train_ds, eval_ds):
         line += f", {100 * coverage(counts(eval_ds), vocab):.2f}% (eval)"
     accelerator.print(line)
     return vocab
-
-
-def is_deepspeed(accelerator):
-    return getattr(accelerator.state, "deepspeed_plugin", None) is not None
-
-
-def is_zero3(accelerator):
-    return is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
-
-
-def gathered(accelerator, params):
-    """ZeRO-3: the full parameters on every process for the duration; otherwise nothing to do."""
-    if is_zero3(accelerator):
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-    return nullcontext()
-
-
-def complete_checkpoints(output_dir):
-    """checkpoint-{step} folders that finished writing (renamed from .tmp), oldest first."""
-    if not os.path.isdir(output_dir):
-        return []
-    paths = [
-        os.path.join(output_dir, n) for n in os.listdir(output_dir) if re.fullmatch(r"checkpoint-\d+", n)
-    ]
-    paths = [p for p in paths if os.path.exists(os.path.join(p, "trainer_state.json"))]
-    return sorted(paths, key=lambda p: int(p.rsplit("-", 1)[1]))
-
-
-def save_checkpoint(accelerator, model, cfg, name, trainer_state, metrics, with_state):
-    """All processes call this. Writes output_dir/name.tmp, then renames it; prunes old checkpoint-* folders."""
-    out_dir = cfg.output.output_dir
-    final, tmp = os.path.join(out_dir, name), os.path.join(out_dir, name + ".tmp")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    accelerator.wait_for_everyone()
-    if with_state:  # optimizer, RNG, trainable weights (DeepSpeed: its own shards, without the frozen base)
-        kw = {"exclude_frozen_parameters": True} if is_deepspeed(accelerator) else {}
-        accelerator.save_state(os.path.join(tmp, "state"), **kw)
-    unwrapped = accelerator.unwrap_model(model)
-    trainable = [(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad]
-    with gathered(accelerator, [p for _, p in trainable]):
-        digest = hashlib.sha256()
-        for n, p in trainable:
-            digest.update(n.encode() + p.detach().float().cpu().numpy().tobytes())
-        if accelerator.is_main_process:
-            unwrapped.heads.save_pretrained(tmp)
-            if unwrapped.lora:
-                unwrapped.base.save_pretrained(os.path.join(tmp, "adapter"))
-    from accelerate.utils import gather_object
-
-    hashes = gather_object([digest.hexdigest()])
-    if accelerator.is_main_process:
-        with open(os.path.join(tmp, "recipe.yaml"), "w") as f:  # relaunchable: its first line is the command
-            f.write(cfg.to_yaml(header=f"python train/medusa.py {os.path.join(final, 'recipe.yaml')}"))
-        with open(os.path.join(tmp, "metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=2)
-        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-            json.dump(trainer_state | {"rank_param_sha256": hashes}, f, indent=2)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        limit = cfg.output.save_total_limit
-        for old in complete_checkpoints(out_dir)[:-limit] if limit else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return hashes
 
 
 # ----------------------------------------------------------------------------- main

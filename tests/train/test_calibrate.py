@@ -10,21 +10,8 @@ import yaml
 from infer.calibration import Calibration, CalibrationError, load_calibration
 from infer.heads import MedusaConfig, MedusaHeads
 from tests.tiny import CORPUS, fit_oracle_heads, greedy_continuations, tiny_model, tiny_tokenizer
-from train.calibrate import (
-    BETAS,
-    _head,
-    candidate_stats,
-    check_not_training_data,
-    collect,
-    fit,
-    fit_isotonic,
-    fit_temperature,
-    load_records,
-    main,
-    pav,
-    predict,
-    summary,
-)
+from train.calibrate import BETAS, candidate_stats, check_not_training_data, collect, load_records, main
+from train.calibration_fit import _head, fit, fit_isotonic, fit_temperature, pav, predict, summary
 
 M = 10
 

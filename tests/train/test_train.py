@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from train.medusa import shifted_targets
+from train.trainee import shifted_targets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPE = os.path.join(ROOT, "recipes", "tiny-test.yaml")
@@ -182,7 +182,7 @@ def test_trainee_scores_a_reduced_head_vocabulary():
     from torch import nn
 
     from infer.heads import MedusaConfig, MedusaHeads
-    from train.medusa import Trainee
+    from train.trainee import Trainee
 
     torch.manual_seed(0)
     H, V, vocab = 8, 30, [2, 5, 7, 11, 13]
