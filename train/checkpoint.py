@@ -81,3 +81,26 @@ def save_checkpoint(accelerator, model, cfg, name, trainer_state, metrics, with_
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return hashes
+
+
+# recipe keys that may change between a run and its resumption: they do not change what the weights become
+RESUME_FREE = ("output.", "train.stop_after_steps", "train.eval_every", "train.log_every", "train.eval_batch_size",
+               "train.features_dir", "data.cache_dir", "data.num_proc", "data.calib_", "data.eval_", "data.max_eval_")  # fmt: skip
+
+
+def recipe_changes(checkpoint: str, current: dict) -> list[str]:
+    """Keys whose value in checkpoint/recipe.yaml differs from the current recipe's (ignoring RESUME_FREE)."""
+    import yaml
+
+    with open(os.path.join(checkpoint, "recipe.yaml")) as f:
+        saved = yaml.safe_load(f)
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+        return out
+
+    a, b = flat(saved), flat(current)
+    keys = sorted(k for k in a.keys() & b.keys() if not k.startswith(RESUME_FREE))  # new keys: their default
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in keys if a[k] != b[k]]

@@ -39,7 +39,14 @@ if __package__ in (None, ""):  # run by path: make the repo root importable inst
 import torch
 from torch import nn
 
-from train.checkpoint import complete_checkpoints, gathered, is_deepspeed, is_zero3, save_checkpoint
+from train.checkpoint import (
+    complete_checkpoints,
+    gathered,
+    is_deepspeed,
+    is_zero3,
+    recipe_changes,
+    save_checkpoint,
+)
 from train.config import RecipeError, load_recipe
 from train.features import cache_features, collate_features, to_device, tqdm_
 from train.trainee import IGNORE, Trainee, shifted_targets  # noqa: F401  (shifted_targets: the public API)
@@ -270,6 +277,12 @@ def main(argv=None):
     if ckpt is not None:
         if not os.path.exists(os.path.join(ckpt, "trainer_state.json")):
             raise SystemExit(f"output.resume: {ckpt} is not a complete checkpoint (no trainer_state.json)")
+        changes = recipe_changes(ckpt, cfg.to_dict())
+        if changes:
+            raise SystemExit(
+                f"{ckpt} was written by a different recipe ({'; '.join(changes)}): resuming would mix two runs. "
+                "Use a new output.output_dir, or output.resume=none to start over in this one."
+            )
         ds_kw = {"load_module_strict": False} if is_deepspeed(accelerator) else {"strict": False}
         accelerator.load_state(os.path.join(ckpt, "state"), **ds_kw)
         with open(os.path.join(ckpt, "trainer_state.json")) as f:

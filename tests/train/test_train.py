@@ -126,6 +126,8 @@ def test_resume_gives_the_uninterrupted_weights(assets):
         "checkpoint-3",
         "checkpoint-6",
     ]
+    with pytest.raises(SystemExit, match=r"different recipe \(train.lr: 0.01 -> 0.02\)"):
+        run(assets, broken, "save_every=3", "eval_every=0", "lr=0.02")  # not a resumption of this run
     run(assets, broken, "save_every=3", "eval_every=0")
     a, b = weights(full), weights(broken)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
