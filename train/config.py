@@ -125,6 +125,11 @@ class OutputConfig:
     resume: str = "auto"  # auto = latest complete checkpoint in output_dir if any; none; or a checkpoint path
     report_to: list[str] = field(default_factory=list)  # accelerate trackers, e.g. [tensorboard] or [wandb]
     project_name: str = "medusa"  # tracker project name
+    push_to_hub: str | None = None  # Hub repo id (owner/name): push final/ in one commit after training
+    hub_private: bool = False  # create that repo private
+    hub_base_model: str | None = (
+        None  # Hub id of the base model for the card, when model.name_or_path is a folder
+    )
 
 
 @dataclass

@@ -132,6 +132,14 @@ def main(argv=None):
         print(cfg.to_yaml(header=f"resolved from {args.recipe}"), end="")
         return None
 
+    if cfg.output.push_to_hub:  # a typo in the repo id fails now, not after hours of training
+        from train.push import PushError, check_repo_id
+
+        try:
+            check_repo_id(cfg.output.push_to_hub)
+        except PushError as e:
+            parser.error(f"output.push_to_hub: {e}")
+
     from accelerate import Accelerator, InitProcessGroupKwargs
     from accelerate.utils import set_seed
 
@@ -404,8 +412,27 @@ def main(argv=None):
             ]
             if calibrate(args) != 0:
                 accelerator.print("calibration failed; the heads in final/ are usable uncalibrated")
+    push_error = push(cfg, os.path.join(out_dir, "final")) if not stopped and is_main else None
     accelerator.end_training()
+    if push_error:
+        raise SystemExit(push_error)
     return metrics
+
+
+def push(cfg, final):
+    """output.push_to_hub: upload final/ (heads, recipe, calibration, metrics, model card) -> an error or None."""
+    o = cfg.output
+    if not o.push_to_hub:
+        return None
+    from train.push import PushError, push_to_hub
+
+    try:  # token: HF_TOKEN or `hf auth login`; endpoint: HF_ENDPOINT (huggingface_hub's defaults otherwise)
+        kw = dict(private=o.hub_private, base_model=o.hub_base_model, endpoint=os.environ.get("HF_ENDPOINT"))
+        result = push_to_hub(final, o.push_to_hub, **kw)
+    except PushError as e:
+        return f"training finished, but {e}\nretry: python -m train.push {final} {o.push_to_hub}"
+    print(f"pushed {final} to {o.push_to_hub}: {result.commit_url}")
+    return None
 
 
 def _flat(d, prefix=""):

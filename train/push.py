@@ -175,7 +175,7 @@ def resolve_base_model(recorded: str, override: str | None = None) -> str:
     return name
 
 
-def _check_repo_id(repo_id: str) -> None:
+def check_repo_id(repo_id: str) -> None:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
@@ -198,7 +198,7 @@ def stage(
 ) -> list[str]:
     """Write the exact upload into ``out_dir`` (which must exist and be empty); return the file names, sorted."""
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else read_checkpoint(checkpoint)
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     base = resolve_base_model(ckpt.config.get("base_model_name_or_path", ""), base_model)
     for name in ckpt.files:
         if name == CONFIG_NAME and ckpt.config.get("base_model_name_or_path") != base:
@@ -239,7 +239,7 @@ def dry_run(
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise PushError(f"--dry-run folder {out_dir!r} exists and is not empty")
     ckpt = read_checkpoint(checkpoint)  # check everything before creating anything
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     resolve_base_model(ckpt.config.get("base_model_name_or_path", ""), base_model)
     os.makedirs(out_dir, exist_ok=True)
     return stage(ckpt, out_dir, repo_id, base_model=base_model, license=license, revision=revision)

@@ -229,3 +229,27 @@ def test_reduced_head_vocabulary_training(assets):
 
         zero3 = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
         head_vocabulary(zero3, None, None, None, None)
+
+
+def test_push_to_hub_at_the_end_of_training(assets, monkeypatch):
+    """output.push_to_hub: final/ goes to the (fake, local) Hub in one commit; a failed push names the retry command
+    and leaves final/ in place; a malformed repo id is refused before any work."""
+    from tests.train.hub_server import FakeHub
+
+    push = ["max_steps=2", "save_every=0", "hub_base_model=HuggingFaceTB/SmolLM2-135M-Instruct"]
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_TrainPushToken000000000000000000")
+        out = str(assets["root"] / "pushed")
+        run(assets, out, *push, "push_to_hub=me/tiny-heads")
+        files = set(hub.repos["me/tiny-heads"].history()[0].files)
+        assert {"config.json", "model.safetensors", "recipe.yaml", "metrics.json", "README.md"} <= files
+        hub.fail["commit"] = 500
+        failed = str(assets["root"] / "push-failed")
+        with pytest.raises(SystemExit, match=r"retry: python -m train.push .*final me/other-heads"):
+            run(assets, failed, *push, "push_to_hub=me/other-heads")
+        assert os.path.exists(os.path.join(failed, "final", "model.safetensors"))
+    bad = str(assets["root"] / "bad-repo")
+    with pytest.raises(SystemExit):
+        run(assets, bad, *push, "push_to_hub=not/a/repo")
+    assert not os.path.exists(bad)
