@@ -20,8 +20,8 @@ from .decode import ACCEPTANCE, TREES, DecodeConfig, DecodeResult, generate
 from .heads import HeadsError, MedusaHeads
 from .tree import sparse_tree_from_accuracies
 
-# The shipped heads of the default model: the reduced-vocabulary variant (same accuracy, half the heads' cost).
-SHIPPED_HEADS = {DEFAULT_MODEL: os.path.join(os.path.dirname(__file__), "pretrained", "smollm2-135m-v8k")}
+# The shipped heads of the default model (trained with an 8,192-token head vocabulary: recipes/smollm2-135m.yaml).
+SHIPPED_HEADS = {DEFAULT_MODEL: os.path.join(os.path.dirname(__file__), "pretrained", "smollm2-135m")}
 
 
 def build_parser() -> argparse.ArgumentParser:
