@@ -50,6 +50,9 @@ def parse_args(argv=None):
     p.add_argument(
         "--prompts", default=DEFAULT_PROMPTS, help="prompt file (MT-Bench JSONL by default; first turns)"
     )
+    p.add_argument(
+        "--split", default=None, help="JSONL prompts: only records of this split (e.g. eval of data/smollm2)"
+    )
     p.add_argument("--limit", type=int, default=20, help="prompts used")
     p.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per prompt")
     p.add_argument(
@@ -196,7 +199,7 @@ def plot(summaries: list[dict], path: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    convs = read_prompts(args.prompts, args.limit + args.warmup)
+    convs = read_prompts(args.prompts, args.limit + args.warmup, args.split)
     heads_path = args.heads or SHIPPED_HEADS.get(args.model)
     if heads_path is None:
         raise SystemExit("error: pass --heads")

@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------------------- prompts
-def read_prompts(path: str, limit: int | None = None) -> list[list[str]]:
-    """-> a list of conversations, each a list of user turns."""
+def read_prompts(path: str, limit: int | None = None, split: str | None = None) -> list[list[str]]:
+    """-> a list of conversations, each a list of user turns. split: only JSONL records whose "split" is this."""
     if not os.path.exists(path):
         raise SystemExit(f"error: prompt file not found: {path}")
     convs = []
@@ -119,6 +119,8 @@ def read_prompts(path: str, limit: int | None = None) -> list[list[str]]:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise SystemExit(f"error: {path}:{i}: bad JSON ({e})") from e
+                if split is not None and rec.get("split") != split:
+                    continue
                 turns = rec.get("turns") or ([rec["prompt"]] if "prompt" in rec else None)
                 if not turns or not all(isinstance(t, str) and t.strip() for t in turns):
                     raise SystemExit(
@@ -128,7 +130,7 @@ def read_prompts(path: str, limit: int | None = None) -> list[list[str]]:
             else:
                 convs.append([line.rstrip("\n")])
     if not convs:
-        raise SystemExit(f"error: no prompts in {path}")
+        raise SystemExit(f"error: no prompts in {path}" + (f" with split {split!r}" if split else ""))
     return convs[:limit] if limit else convs
 
 

@@ -87,3 +87,15 @@ def test_static_tree_grows_from_calibrated_rank_accuracies(folders, calibrated_h
     cli.main([*argv, "--node-budget", "4", "--compare", "--json", "--max-new-tokens", "10"])
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rec["identical"] is True
+
+
+def test_read_prompts_by_split(tmp_path):
+    from infer.generate import read_prompts
+
+    f = tmp_path / "p.jsonl"
+    recs = [{"split": "train", "turns": ["a"]}, {"split": "eval", "turns": ["b", "c"]}, {"turns": ["d"]}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert read_prompts(str(f), split="eval") == [["b", "c"]]
+    assert len(read_prompts(str(f))) == 3
+    with pytest.raises(SystemExit, match="no prompts .* with split 'calib'"):
+        read_prompts(str(f), split="calib")
