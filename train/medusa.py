@@ -165,6 +165,21 @@ def main(argv=None):
         os.makedirs(out_dir, exist_ok=True)
     set_seed(t.seed)
 
+    # ---- the checkpoint to resume from, checked before any expensive work
+    resume = cfg.output.resume
+    ckpt = None if resume == "none" else resume
+    if resume == "auto":
+        ckpt = (complete_checkpoints(out_dir) or [None])[-1]
+    if ckpt is not None:
+        if not os.path.exists(os.path.join(ckpt, "trainer_state.json")):
+            raise SystemExit(f"output.resume: {ckpt} is not a complete checkpoint (no trainer_state.json)")
+        changes = recipe_changes(ckpt, cfg.to_dict())
+        if changes:
+            raise SystemExit(
+                f"{ckpt} was written by a different recipe ({'; '.join(changes)}): resuming would mix two runs. "
+                "Use a new output.output_dir, or output.resume=none to start over in this one."
+            )
+
     # ---- base model and data
     m = cfg.model
     base, tokenizer = load_base_model(
@@ -278,19 +293,7 @@ def main(argv=None):
         "train_data": d.path,
         "eval_data": d.eval_data or f"{d.eval_fraction:g} of the train data",
     }
-    resume = cfg.output.resume
-    ckpt = None if resume == "none" else resume
-    if resume == "auto":
-        ckpt = (complete_checkpoints(out_dir) or [None])[-1]
     if ckpt is not None:
-        if not os.path.exists(os.path.join(ckpt, "trainer_state.json")):
-            raise SystemExit(f"output.resume: {ckpt} is not a complete checkpoint (no trainer_state.json)")
-        changes = recipe_changes(ckpt, cfg.to_dict())
-        if changes:
-            raise SystemExit(
-                f"{ckpt} was written by a different recipe ({'; '.join(changes)}): resuming would mix two runs. "
-                "Use a new output.output_dir, or output.resume=none to start over in this one."
-            )
         ds_kw = {"load_module_strict": False} if is_deepspeed(accelerator) else {"strict": False}
         accelerator.load_state(os.path.join(ckpt, "state"), **ds_kw)
         with open(os.path.join(ckpt, "trainer_state.json")) as f:
