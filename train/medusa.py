@@ -9,6 +9,8 @@ mode: medusa1  the base is frozen; only the heads train. loss = sum_k decay**k *
                on its stored last hidden states (post final norm) instead.
 mode: medusa2  LoRA adapters on the base train together with the heads: loss = CE(lm_head(h_t), label_{t+1})
                + distill_weight * KL(base without adapters || with) + coef * heads_loss, with coef warmed up linearly.
+heads.head_vocab_size: N > 0 restricts the heads' softmax to the N most frequent labelled tokens of the training data
+               (chosen here, stored in the heads' config); other targets count as misses in the accuracy.
 
 Outputs, in output.output_dir:
     checkpoint-{step}/  heads (config.json + model.safetensors, MedusaHeads.from_pretrained loads the folder),
@@ -17,7 +19,8 @@ Outputs, in output.output_dir:
     final/              the same without state/: the heads to use.
     log.jsonl           one line per logged step and per evaluation.
 Resuming (output.resume: auto) loads the newest complete checkpoint; the data order is a pure function of
-(seed, epoch), so the resumed run replays exactly the batches the uninterrupted run would have seen.
+(seed, epoch), so the resumed run replays exactly the batches the uninterrupted run would have seen. A checkpoint
+written by a different recipe is refused. output.push_to_hub uploads final/ (train.push) when training ends.
 """
 
 from __future__ import annotations
