@@ -92,15 +92,11 @@ def recipe_changes(checkpoint: str, current: dict) -> list[str]:
     """Keys whose value in checkpoint/recipe.yaml differs from the current recipe's (ignoring RESUME_FREE)."""
     import yaml
 
+    from train.config import flatten
+
     with open(os.path.join(checkpoint, "recipe.yaml")) as f:
         saved = yaml.safe_load(f)
 
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
-        return out
-
-    a, b = flat(saved), flat(current)
+    a, b = flatten(saved), flatten(current)
     keys = sorted(k for k in a.keys() & b.keys() if not k.startswith(RESUME_FREE))  # new keys: their default
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in keys if a[k] != b[k]]

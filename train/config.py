@@ -72,10 +72,7 @@ class HeadsConfig:
         "shared_lm_head"  # shared_lm_head (frozen base lm_head) or own_lm_head (Medusa-1, init from it)
     )
     decay: float = 0.8  # head k's loss weight is decay**k
-    head_vocab_size: int = (
-        0  # 0: heads score the full vocabulary; N: only the N most frequent assistant tokens
-    )
-    # of the training data (FR-Spec): a K x N x H projection instead of K x V x H, to train and to run
+    head_vocab_size: int = 0  # N > 0: heads score only the N most frequent training tokens (0 = all)
 
 
 @dataclass
@@ -127,9 +124,7 @@ class OutputConfig:
     project_name: str = "medusa"  # tracker project name
     push_to_hub: str | None = None  # Hub repo id (owner/name): push final/ in one commit after training
     hub_private: bool = False  # create that repo private
-    hub_base_model: str | None = (
-        None  # Hub id of the base model for the card, when model.name_or_path is a folder
-    )
+    hub_base_model: str | None = None  # base model's Hub id for the card, if name_or_path is a folder
 
 
 @dataclass
@@ -337,6 +332,14 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node[s]
         node[leaf] = value
     return raw
+
+
+def flatten(d, prefix: str = "") -> dict:
+    """Nested dicts/lists -> {"a.b": scalar} (lists indexed: heads.0.top1), for trackers and recipe diffs."""
+    out = {}
+    for k, v in d.items() if isinstance(d, dict) else enumerate(d):
+        out |= flatten(v, f"{prefix}{k}.") if isinstance(v, (dict, list)) else {f"{prefix}{k}": v}
+    return out
 
 
 def load_recipe(path: str, overrides: list[str] | None = None) -> Recipe:

@@ -50,7 +50,7 @@ from train.checkpoint import (
     recipe_changes,
     save_checkpoint,
 )
-from train.config import RecipeError, load_recipe
+from train.config import RecipeError, flatten, load_recipe
 from train.features import cache_features, collate_features, to_device, tqdm_
 from train.trainee import IGNORE, Trainee, shifted_targets  # noqa: F401  (shifted_targets: the public API)
 
@@ -310,7 +310,7 @@ def main(argv=None):
             metrics = json.load(f)
         accelerator.print(f"resumed from {ckpt} at step {start_step}")
     if cfg.output.report_to:
-        accelerator.init_trackers(cfg.output.project_name, config=_flat(cfg.to_dict()))
+        accelerator.init_trackers(cfg.output.project_name, config=flatten(cfg.to_dict()))
 
     log_path = os.path.join(out_dir, "log.jsonl")
     if is_main:  # a fresh run starts a fresh log; half-written .tmp checkpoints of a killed run are dropped
@@ -324,7 +324,7 @@ def main(argv=None):
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
         if cfg.output.report_to:
-            accelerator.log(_flat(record), step=record["step"])
+            accelerator.log(flatten(record), step=record["step"])
 
     def run_eval(step):
         nonlocal metrics
@@ -439,14 +439,6 @@ def push(cfg, final):
         return f"training finished, but {e}\nretry: python -m train.push {final} {o.push_to_hub}"
     print(f"pushed {final} to {o.push_to_hub}: {result.commit_url}")
     return None
-
-
-def _flat(d, prefix=""):
-    """Nested dict -> {"a.b": scalar} for trackers (lists are indexed: heads.0.top1)."""
-    out = {}
-    for k, v in d.items() if isinstance(d, dict) else enumerate(d):
-        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, (dict, list)) else {f"{prefix}{k}": v}
-    return out
 
 
 if __name__ == "__main__":

@@ -28,15 +28,15 @@ def shifted_targets(labels, position_ids, shifts):
     return out
 
 
-def ce_stats(logits, target, misses=0):
-    """-> (mean CE, [loss sum, top-1 hits, top-5 hits, count]) over rows of logits [N, V]. misses: targets the
-    logits cannot score (outside a reduced head vocabulary); they count as wrong and add no loss."""
+def ce_stats(logits, target, count=None):
+    """-> (mean CE, [loss sum, top-1 hits, top-5 hits, count]) over rows of logits [N, V]. count (default N) may
+    exceed N: the other targets (outside a reduced head vocabulary) count as wrong and add no loss."""
     logits = logits.float()
     loss_sum = F.cross_entropy(logits, target, reduction="sum")
     with torch.no_grad():
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
         hit = top == target[:, None]
-        count = target.new_tensor(len(target) + misses)
+        count = target.new_tensor(len(target) if count is None else count)
         stats = [loss_sum.detach(), hit[:, 0].sum(), hit.any(-1).sum(), count]
     return loss_sum / max(len(target), 1), torch.stack(stats).float()
 
@@ -53,15 +53,14 @@ class Trainee(nn.Module):
         super().__init__()
         self.heads, self.base, self.lora = heads, base, lora
         self.decay, self.logits_bf16 = decay, logits_dtype == "bfloat16"
-        self.vocab_index = None  # reduced head vocabulary (FR-Spec): token id -> logit row, -1 outside it
-        vocab = heads.head_vocab
-        if vocab.numel():
-            self.vocab_index = torch.full((heads.config.vocab_size,), -1, dtype=torch.long)
-            self.vocab_index[vocab] = torch.arange(len(vocab))
-            if lm_head is not None:  # frozen: keep only the head vocabulary's rows
-                rows = nn.Linear(lm_head.in_features, len(vocab), bias=False, dtype=lm_head.weight.dtype)
-                rows.weight.data.copy_(lm_head.weight.data[vocab])
-                lm_head = rows.requires_grad_(False)
+        vocab = heads.head_vocab  # reduced head vocabulary (FR-Spec): token id -> logit row, -1 outside it
+        index = torch.full((heads.config.vocab_size if vocab.numel() else 0,), -1, dtype=torch.long)
+        index[vocab] = torch.arange(len(vocab))
+        self.register_buffer("vocab_index", index, persistent=False)  # moves with the module, never saved
+        if vocab.numel() and lm_head is not None:  # frozen: keep only the head vocabulary's rows
+            rows = nn.Linear(lm_head.in_features, len(vocab), bias=False, dtype=lm_head.weight.dtype)
+            rows.weight.data.copy_(lm_head.weight.data[vocab])
+            lm_head = rows.requires_grad_(False)
         self.frozen_lm_head = lm_head  # cached features only: a frozen copy of the base lm_head
 
     def train(self, mode=True):
@@ -95,13 +94,12 @@ class Trainee(nn.Module):
     def head_logits(self, k, x, target):
         """Head k on features x [N, H] with targets [N] -> (mean CE, stats) over the head's vocabulary."""
         proj = self.heads.lm_heads[k] if self.heads.lm_heads is not None else self.lm_head()
-        if self.vocab_index is None:
+        if not self.vocab_index.numel():
             return ce_stats(self.project(proj, x), target)
-        target = self.vocab_index.to(target.device)[target]
+        n, target = len(target), self.vocab_index[target]
         inside = target >= 0
-        rows = None if proj is self.frozen_lm_head else self.heads.head_vocab.to(x.device)  # frozen: sliced
-        misses = int((~inside).sum())
-        return ce_stats(self.project(proj, x[inside], rows), target[inside], misses)
+        rows = None if proj is self.frozen_lm_head else self.heads.head_vocab  # the frozen copy is pre-sliced
+        return ce_stats(self.project(proj, x[inside], rows), target[inside], count=n)
 
     def forward(self, batch, heads_coefficient=1.0, distill_weight=0.0):
         K = self.heads.num_heads
