@@ -191,7 +191,14 @@ class LocalGenerator:
         from transformers import GenerationConfig
 
         if not getattr(tokenizer, "chat_template", None):
-            raise DistillError("the tokenizer has no chat template: cannot build prompts for a chat model")
+            from data.chat import resolve_template
+
+            try:  # Vicuna tokenizers have none: the shipped vicuna_v1.1 template
+                tokenizer.chat_template = resolve_template(tokenizer)
+            except ValueError:
+                raise DistillError(
+                    "the tokenizer has no chat template: cannot build prompts for a chat model"
+                ) from None
         self.model, self.tokenizer = model, tokenizer
         self.eos_ids = self._eos_ids()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]

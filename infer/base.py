@@ -22,14 +22,18 @@ class BaseModelError(ValueError):
 
 
 def cache_root() -> str:
-    return os.environ.get("MEDUSA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "medusa-toolkit"))
+    """$MEDUSA_CACHE, else $XDG_CACHE_HOME/medusa-toolkit, else ~/.cache/medusa-toolkit."""
+    if os.environ.get("MEDUSA_CACHE"):
+        return os.environ["MEDUSA_CACHE"]
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "medusa-toolkit")
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise BaseModelError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        raise BaseModelError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)} or auto")
     return DTYPES[dtype]
 
 
@@ -87,10 +91,15 @@ def load_base_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     device: str | torch.device = "cpu",
+    verbose: bool = True,
 ):
-    """-> (model, tokenizer). ``name_or_path=None`` means the embedded default."""
+    """-> (model, tokenizer). ``name_or_path=None`` means the embedded default. ``dtype="auto"``: the faster dtype
+    on this machine, by measurement (:mod:`infer.hardware`); the choice and its reason are printed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    auto = dtype == "auto"
+    if auto:
+        dtype = "float32"
     path = resolve_model_path(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -103,4 +112,11 @@ def load_base_model(
         raise BaseModelError(f"could not load model {name_or_path or DEFAULT_MODEL!r}: {e}") from e
     model.to(device).eval()
     model.requires_grad_(False)
+    if auto:
+        from .hardware import choose_dtype
+
+        chosen, reason = choose_dtype(model, device, verbose=verbose)
+        if verbose:
+            print(f"dtype auto -> {reason}", flush=True)
+        model.to(chosen)
     return model, tokenizer

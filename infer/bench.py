@@ -1,17 +1,23 @@
-"""Benchmark: plain vs static-tree vs dynamic-tree decoding, side by side in one run.
+"""Benchmark: transformers' generate, plain, static-tree and dynamic-tree decoding, side by side in one run.
 
     python -m infer.bench                                # embedded SmolLM2 + shipped heads, MT-Bench first turns
     python -m infer.bench --limit 10 --dtype float32 bfloat16 --modes plain static:16 dynamic-raw:16 dynamic-cal:16 auto
+    python -m infer.bench --heads medusa=infer/pretrained/smollm2-135m seq=infer/pretrained/smollm2-135m-sequential
 
 Modes (``name[:nodes]``):
-    plain            plain decoding, same code path (the baseline of its dtype)
+    hf-generate      transformers' model.generate, greedy (what users compare against: speedups are over it)
+    hf-prompt-lookup transformers' prompt lookup decoding (prompt_lookup_num_tokens=10), greedy
+    plain            our plain decoding, same code path as the trees (the own-loop baseline)
     static:N         static tree of N nodes grown from per-rank accuracies measured on data the heads did not
                      train on (``rank_accuracy`` in calibration.json; Medusa's default tree when there is none)
     dynamic-raw:N    dynamic tree of N nodes ranked by raw head probabilities (the seed paper's method)
     dynamic-cal:N    the same with calibrated probabilities
     auto             calibrated dynamic tree, cheap heads (``--cheap-heads``, if given) and the auto node budget
-For every prompt all modes run one after the other, so machine noise hits them alike. Prints one JSON line per
-prompt and dtype, then a table per dtype; ``--plot`` writes a PNG chart and an acceptance-length histogram.
+With several ``--heads`` (``LABEL=PATH``), the tree modes run for each, named ``LABEL/mode``. For every prompt all
+modes run one after the other, so machine noise hits them alike. Prints one JSON line per prompt and dtype, then a
+table per dtype (speedup over hf-generate and over plain, predicted vs realised tokens/step); ``--plot`` writes a
+PNG chart and an acceptance-length histogram. ``--corrupt-profile`` multiplies the auto budget's latency prior
+(trees or the plain step 10x too slow) to show that the budget recovers from a wrong prior while decoding.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import sys
 import torch
 
 from .base import DEFAULT_MODEL, load_base_model
+from .baselines import BASELINES, run_baseline
 from .budget import DEFAULT_SIZES, load_or_measure
 from .calibration import load_calibration
 from .decode import DEFAULT_CHOICES, DecodeConfig, DecodeResult, generate
@@ -40,7 +47,12 @@ def parse_args(argv=None):
     p.add_argument(
         "--model", default=DEFAULT_MODEL, help="base model (default: embedded SmolLM2-135M-Instruct)"
     )
-    p.add_argument("--heads", default=None, help="heads folder or Hub id (default: the shipped heads)")
+    p.add_argument(
+        "--heads",
+        nargs="+",
+        default=None,
+        help="heads folders or Hub ids, each optionally LABEL=PATH (default: the default model's shipped heads)",
+    )
     p.add_argument(
         "--cheap-heads", default=None, help="heads with a reduced head vocabulary, for the auto mode"
     )
@@ -56,13 +68,24 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=20, help="prompts used")
     p.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per prompt")
     p.add_argument(
-        "--dtype", nargs="+", default=["bfloat16"], help="dtypes to measure, e.g. float32 bfloat16"
+        "--dtype",
+        nargs="+",
+        default=["auto"],
+        help="dtypes to measure, e.g. float32 bfloat16; auto = the faster on this machine (default: %(default)s)",
     )
     p.add_argument(
         "--modes",
         nargs="+",
-        default=["plain", "static:16", "dynamic-raw:16", "dynamic-cal:16", "auto"],
-        help="modes, see above",
+        default=["hf-generate", "hf-prompt-lookup", "plain", "static:16", "dynamic-cal:16", "auto"],
+        help="hf-generate, hf-prompt-lookup, plain, static:N, dynamic-raw:N, dynamic-cal:N, auto "
+        "(default: %(default)s)",
+    )
+    p.add_argument("--remeasure", action="store_true", help="measure the latency prior again (auto mode)")
+    p.add_argument(
+        "--corrupt-profile",
+        choices=["slow-trees", "slow-plain"],
+        default=None,
+        help="auto mode: multiply the latency prior of every tree (or of the plain step) by 10",
     )
     p.add_argument("--top-m", type=int, default=8, help="dynamic trees: candidates per head")
     p.add_argument("--max-nodes", type=int, default=64, help="auto mode: upper bound of the node budget")
@@ -81,20 +104,50 @@ def load_heads(path: str, model):
     return heads, load_calibration(resolve_heads_path(path))
 
 
-def build_modes(args, model, heads, cal, cheap) -> dict[str, tuple]:
-    """mode name -> (heads or None, DecodeConfig)."""
+def heads_specs(args) -> list[tuple[str, str]]:
+    """--heads -> [(label, path)]; a single unlabelled heads folder gets the label ''."""
+    specs = args.heads or [SHIPPED_HEADS.get(args.model)]
+    if specs == [None]:
+        raise SystemExit("error: pass --heads")
+    out = []
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep:
+            label, path = "", spec
+        out.append((label, path))
+    if len(out) > 1 and any(not label for label, _ in out):
+        raise SystemExit("error: with several --heads, give each a label: LABEL=PATH")
+    return out
+
+
+def corrupt(profile, how: str | None):
+    """--corrupt-profile: a deliberately wrong prior (10x), to show the budget learning it back."""
+    if how == "slow-trees":
+        profile.seconds = torch.where(profile.sizes > 1, profile.seconds * 10, profile.seconds)
+    elif how == "slow-plain":
+        profile.seconds = torch.where(profile.sizes == 1, profile.seconds * 10, profile.seconds)
+    return profile
+
+
+def build_modes(args, model, heads, cal, cheap, prefix: str = "", baselines: bool = True) -> dict[str, tuple]:
+    """mode name -> (heads or None, DecodeConfig); baselines map to (None, their name)."""
     modes = {}
     common = dict(max_new_tokens=args.max_new_tokens, top_m=args.top_m)
     for spec in args.modes:
         name, _, n = spec.partition(":")
         n = int(n) if n else 16
-        if name == "plain":
-            modes[spec] = (None, DecodeConfig(tree="none", max_new_tokens=args.max_new_tokens))
-        elif name == "static":
+        if name in BASELINES or name == "plain":
+            if baselines:
+                cfg = DecodeConfig(tree="none", max_new_tokens=args.max_new_tokens)
+                modes[spec] = (None, name if name in BASELINES else cfg)
+            continue
+        spec = prefix + spec
+        if name == "static":
             if cal is not None and cal.rank_accuracy:
                 choices = sparse_tree_from_accuracies(cal.rank_accuracy, n)
             else:
-                choices, spec = DEFAULT_CHOICES, "static:medusa-default"
+                choices = [c for c in DEFAULT_CHOICES if len(c) <= heads.num_heads]
+                spec = prefix + "static:medusa-default"
             modes[spec] = (heads, DecodeConfig(tree="static", medusa_choices=choices, **common))
         elif name == "dynamic-raw":
             modes[spec] = (heads, DecodeConfig(tree="dynamic", node_budget=n, **common))
@@ -107,7 +160,8 @@ def build_modes(args, model, heads, cal, cheap) -> dict[str, tuple]:
         elif name == "auto":
             h, c = cheap if cheap is not None else (heads, cal)
             sizes = [t for t in DEFAULT_SIZES if t <= args.max_nodes + 1]
-            latency = load_or_measure(model, h, model.device, sizes=sizes)
+            latency = load_or_measure(model, h, model.device, sizes=sizes, force=args.remeasure)
+            latency = corrupt(latency, args.corrupt_profile)
             cfg = DecodeConfig(
                 tree="dynamic", node_budget=args.max_nodes, calibration=c, latency=latency, **common
             )
@@ -137,7 +191,7 @@ class Totals:
 
     def row(self) -> dict:
         return {
-            "tokens_per_step": self.tokens / max(1, self.steps),
+            "tokens_per_step": self.tokens / self.steps if self.steps else None,
             "tokens_per_s": self.tokens / max(1e-9, self.time),
             "tree_share": self.tree / max(1e-9, self.time),
             "heads_share": self.heads / max(1e-9, self.time),
@@ -148,16 +202,22 @@ class Totals:
 
 
 def print_table(dtype: str, label: str, rows: dict) -> None:
+    """vs HF: speedup over transformers' generate; vs plain: over our own plain loop; pred err: predicted over
+    realised tokens/step - 1; identical: greedy output equal to plain decoding's."""
+    hf = rows.get("hf-generate", {}).get("tokens_per_s")
     base = rows.get("plain", {}).get("tokens_per_s")
     print(f"\n## {dtype}: heads {label}")
     print(
-        f"{'mode':<18}{'tok/step':>9}{'pred':>7}{'tok/s':>8}{'speedup':>9}{'tree%':>7}{'heads%':>8}{'identical':>11}"
+        f"{'mode':<26}{'tok/step':>9}{'pred':>7}{'err':>7}{'tok/s':>8}{'vs HF':>7}{'vs plain':>9}{'tree%':>7}"
+        f"{'heads%':>8}{'identical':>11}"
     )
     for m, r in rows.items():
-        pred = f"{r['predicted_tokens_per_step']:.2f}" if r["predicted_tokens_per_step"] else "-"
-        speed = f"{r['tokens_per_s'] / base:.2f}x" if base else "-"
+        tps, pred = r["tokens_per_step"], r["predicted_tokens_per_step"]
+        err = f"{100 * (pred / tps - 1):+.0f}%" if pred and tps else "-"
+        cell = lambda b, r=r: f"{r['tokens_per_s'] / b:.2f}x" if b else "-"  # noqa: E731
         print(
-            f"{m:<18}{r['tokens_per_step']:>9.2f}{pred:>7}{r['tokens_per_s']:>8.1f}{speed:>9}"
+            f"{m:<26}{f'{tps:.2f}' if tps else '-':>9}{f'{pred:.2f}' if pred else '-':>7}{err:>7}"
+            f"{r['tokens_per_s']:>8.1f}{cell(hf):>7}{cell(base):>9}"
             f"{100 * r['tree_share']:>6.1f}%{100 * r['heads_share']:>7.1f}%{r['identical']:>11}"
         )
 
@@ -176,7 +236,7 @@ def plot(summaries: list[dict], path: str) -> None:
         base = s["modes"].get("plain", {}).get("tokens_per_s") or 1.0
         xs = [i + j * width for i in range(len(modes))]
         axes[0].bar(xs, [s["modes"][m]["tokens_per_s"] / base for m in modes], width, label=s["summary"])
-        axes[1].bar(xs, [s["modes"][m]["tokens_per_step"] for m in modes], width, label=s["summary"])
+        axes[1].bar(xs, [s["modes"][m]["tokens_per_step"] or 0 for m in modes], width, label=s["summary"])
         for ax in axes[:2]:
             ax.set_xticks([i + 0.4 - width / 2 for i in range(len(modes))], modes, rotation=30, ha="right")
     axes[0].axhline(1.0, color="gray", lw=0.8)
@@ -200,31 +260,44 @@ def plot(summaries: list[dict], path: str) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     convs = read_prompts(args.prompts, args.limit + args.warmup, args.split)
-    heads_path = args.heads or SHIPPED_HEADS.get(args.model)
-    if heads_path is None:
-        raise SystemExit("error: pass --heads")
-    label = args.heads_label or (
-        os.path.relpath(heads_path, ROOT) if os.path.isdir(heads_path) else heads_path
+    specs = heads_specs(args)
+    label = ", ".join(
+        (f"{lb}=" if lb else "") + (os.path.relpath(p, ROOT) if os.path.isdir(p) else p) for lb, p in specs
     )
+    label = args.heads_label or label
     out = open(args.out, "w") if args.out else None
+    from .hardware import cpu_flags
+
     print(
         f"# bench: model {args.model}, heads {label}, cheap heads {args.cheap_heads}, "
         f"{len(convs) - args.warmup} prompts from {os.path.relpath(args.prompts, ROOT)}, "
-        f"{args.max_new_tokens} new tokens, torch threads {torch.get_num_threads()}",
+        f"{args.max_new_tokens} new tokens, torch threads {torch.get_num_threads()}, CPU {' '.join(cpu_flags())}",
         flush=True,
     )
     summaries = []
     for dtype in args.dtype:
         model, tokenizer = load_base_model(args.model, dtype)
-        heads, cal = load_heads(heads_path, model)
-        cheap = load_heads(args.cheap_heads, model) if args.cheap_heads else None
-        modes = build_modes(args, model, heads, cal, cheap)
+        dtype = str(model.dtype).replace("torch.", "") + (" (auto)" if dtype == "auto" else "")
+        eos = {model.generation_config.eos_token_id, tokenizer.eos_token_id} - {None}
+        eos = {e for x in eos for e in (x if isinstance(x, list) else [x])}
+        modes = {}
+        for j, (lb, path) in enumerate(specs):
+            heads, cal = load_heads(path, model)
+            cheap = load_heads(args.cheap_heads, model) if args.cheap_heads else None
+            modes |= build_modes(
+                args, model, heads, cal, cheap, prefix=f"{lb}/" if lb else "", baselines=j == 0
+            )
         totals = {m: Totals() for m in modes}
         for i, turns in enumerate(convs):
             ids = encode(
                 tokenizer, [{"role": "user", "content": turns[0]}], tokenizer.chat_template is not None
             )
-            results = {m: generate(model, ids, h, c) for m, (h, c) in modes.items()}
+            results = {}
+            for m, (h, c) in modes.items():
+                if isinstance(c, str):
+                    results[m] = run_baseline(c, model, ids, args.max_new_tokens, eos)
+                else:
+                    results[m] = generate(model, ids, h, c, eos=eos)
             if i < args.warmup:
                 continue
             ref = results.get("plain")
@@ -234,7 +307,7 @@ def main(argv=None) -> int:
                 totals[m].add(r, same)
                 line[m] = {
                     "new_tokens": len(r.tokens),
-                    "tokens_per_step": round(r.tokens_per_step, 3),
+                    "tokens_per_step": round(r.tokens_per_step, 3) if r.steps else None,
                     "tokens_per_s": round(r.tokens_per_second, 2),
                     "predicted": round(sum(r.predicted) / max(1, len(r.predicted)), 3)
                     if r.predicted
@@ -247,7 +320,7 @@ def main(argv=None) -> int:
                 out.write(text + "\n")
         rows = {m: t.row() for m, t in totals.items()}
         print_table(dtype, label, rows)
-        summary = {"summary": dtype, "heads": label, "modes": rows}
+        summary = {"summary": dtype, "heads": label, "modes": rows, "cpu": cpu_flags()}
         summaries.append(summary)
         if out:
             out.write(json.dumps(summary) + "\n")

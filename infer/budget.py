@@ -1,20 +1,33 @@
-"""Hardware-aware node budget: measured verify latency per tree size, and the budget that maximises tokens/s.
+"""Hardware-aware node budget: verify latency per tree size, and the budget that maximises tokens/s.
 
-A tree of n nodes is only worth verifying if the extra accepted tokens pay for the longer forward pass. On CPUs the
-verify latency is not even monotone in n, so it is measured once per (model, dtype, device, threads) and cached
-as JSON under ``$MEDUSA_CACHE/latency``. Each step, :meth:`LatencyProfile.best_budget` takes the dynamic tree's
-path probabilities (sorted, calibrated when a calibration exists) and picks
+A tree of n nodes is only worth verifying if the extra accepted tokens pay for the longer forward pass. Each step,
+:meth:`LatencyProfile.best_budget` takes the dynamic tree's path probabilities (sorted, calibrated when a
+calibration exists) and picks
 
-    n* = argmax_n  E[tokens/step](n) / (latency(n + 1) + heads_cost),   E(n) = 1 + sum of the n best path probs.
+    n* = argmax_n  E[tokens/step](n) / (latency(n + 1) + overhead),   E(n) = 1 + sum of the n best path probs.
+
+The latency is a prior measured once per (model, dtype, device, threads, CPU capability) and cached as JSON under
+``$MEDUSA_CACHE/latency`` (heads do not change it; their cost is timed at load). A prior cannot be trusted
+blindly (a machine that was busy while it was measured gives latencies off by 5-20x), so:
+
+- it is measured with interleaved repetitions (median), and a profile in which a bigger tree is faster than a
+  smaller one beyond noise (``MONOTONE_TOL``) is measured again; one that stays so is used monotone-smoothed
+  and not cached; a cached one that fails the check is re-measured;
+- while decoding, :meth:`LatencyProfile.observe` records the step times actually seen per tree size (robust:
+  the median of the last few, the minimum while there are fewer than 3); sizes never seen are corrected by the
+  interpolated ratio observed/prior of their neighbours; a few probe steps at anchor sizes (plain step included)
+  keep every region observed, so if trees turn out slower than plain steps the budget falls to plain decoding.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,21 +36,89 @@ from .decode import forward_hidden, project, tree_attention_mask
 from .tree import dynamic_tree, tree_buffers
 
 DEFAULT_SIZES = list(range(1, 17)) + list(range(20, 65, 4))  # tree sizes T (root included) measured
+MONOTONE_TOL = 0.3  # a bigger tree may be at most 30 % faster than a smaller one (timer noise, kernel choice)
+WINDOW = 9  # step times kept per tree size
+ANCHORS = (1, 2, 4, 8, 16, 32)  # tree sizes probed while decoding, fewest observations first
+PROBE_STEPS = (
+    2,
+    4,
+    6,
+    8,
+    12,
+    16,
+    24,
+    32,
+)  # steps (counted over the profile's life) that probe; then every 64th
 
 
 @dataclass
 class LatencyProfile:
     sizes: torch.Tensor  # [S] long: tree sizes T = n + 1, ascending, starting at 1
-    seconds: torch.Tensor  # [S] float: verify step latency (forward + projection) at each size
-    heads_seconds: float  # the heads' cost per step (constant in n)
-    key: dict  # what was measured: model, dtype, device, threads, torch version
+    seconds: torch.Tensor  # [S] float: prior verify step latency (forward + projection) at each size
+    heads_seconds: float  # prior of the per-step overhead: heads + tree building (constant in n)
+    key: dict  # what was measured: model, dtype, device, threads, torch version, CPU capability
+    observed: list = field(default_factory=list, repr=False)  # per size: recent observed step times
+    overhead: list = field(default_factory=list, repr=False)  # recent observed heads + tree times
+    steps: int = 0  # best_budget calls so far (the probe schedule)
+    probe: bool = True  # probe anchor sizes now and then (off: a pure argmax, for tests)
+
+    def estimate(self) -> torch.Tensor:
+        """[S] current latency per size: observed where seen, the prior corrected by its neighbours' ratio
+        observed/prior (interpolated in log size) elsewhere, the prior alone before any observation."""
+        seen = [i for i, obs in enumerate(self.observed) if obs]
+        if not seen:
+            return self.seconds
+        robust = {i: _robust(self.observed[i]) for i in seen}
+        logs = [math.log(float(s)) for s in self.sizes]
+        ratio = {i: math.log(robust[i] / max(float(self.seconds[i]), 1e-12)) for i in seen}
+        out = []
+        for i in range(len(self.sizes)):
+            if i in robust:
+                out.append(robust[i])
+                continue
+            lo = max((j for j in seen if j < i), default=None)
+            hi = min((j for j in seen if j > i), default=None)
+            if lo is None or hi is None:
+                r = ratio[hi if lo is None else lo]
+            else:
+                w = (logs[i] - logs[lo]) / max(logs[hi] - logs[lo], 1e-12)
+                r = ratio[lo] + w * (ratio[hi] - ratio[lo])
+            out.append(float(self.seconds[i]) * math.exp(r))
+        return torch.tensor(out, dtype=torch.float64)
 
     def best_budget(self, sorted_logp: torch.Tensor) -> int:
         """sorted_logp [N] descending path log-probs of the best N nodes -> the node budget n* (0..N)."""
-        probs = torch.cat([sorted_logp.new_zeros(1), sorted_logp.exp().cumsum(0)])  # [N + 1]: E(n) - 1
+        self.steps += 1
+        probs = torch.cat(
+            [sorted_logp.new_zeros(1), sorted_logp.exp().cumsum(0)]
+        ).double()  # [N + 1]: E(n) - 1
         n = (self.sizes - 1).clamp(max=probs.numel() - 1)  # [S]
-        rate = (1.0 + probs[n]) / (self.seconds + self.heads_seconds)
-        return int(n[int(rate.argmax())])
+        overhead = _robust(self.overhead) if self.overhead else self.heads_seconds
+        rate = (1.0 + probs[n]) / (self.estimate() + overhead)
+        i = self._probe()
+        return int(n[int(rate.argmax()) if i is None else i])
+
+    def _probe(self) -> int | None:
+        """On the probe schedule: the anchor size observed least (smallest first), else None."""
+        if not self.probe or (self.steps not in PROBE_STEPS and self.steps % 64):
+            return None
+        sizes = self.sizes.tolist()
+        anchors = [sizes.index(a) for a in ANCHORS if a in sizes]
+        if not anchors:
+            return None
+        self._ensure()
+        return min(anchors, key=lambda i: (len(self.observed[i]), i))
+
+    def observe(self, size: int, verify_seconds: float, overhead_seconds: float = 0.0) -> None:
+        """A decode step verified ``size`` tokens in ``verify_seconds`` (+ heads/tree ``overhead_seconds``)."""
+        self._ensure()
+        i = min(int(torch.searchsorted(self.sizes, torch.tensor(size))), len(self.observed) - 1)
+        self.observed[i] = (self.observed[i] + [float(verify_seconds)])[-WINDOW:]
+        self.overhead = (self.overhead + [float(overhead_seconds)])[-WINDOW:]
+
+    def _ensure(self) -> None:
+        if len(self.observed) != len(self.sizes):
+            self.observed = [[] for _ in range(len(self.sizes))]
 
     def to_dict(self) -> dict:
         return {
@@ -57,17 +138,35 @@ class LatencyProfile:
         )
 
 
-def profile_key(model, heads, device: str | torch.device) -> dict:
-    """Everything the latency depends on; a change in any of it means a new measurement."""
+def _robust(values: list[float]) -> float:
+    """Few observations: the minimum (timing noise only ever adds); then the median (robust to outliers)."""
+    return min(values) if len(values) < 3 else statistics.median(values)
+
+
+def non_monotone(sizes, seconds, tol: float = MONOTONE_TOL) -> tuple[int, int] | None:
+    """The first (smaller, bigger) pair of tree sizes where the bigger one is faster beyond ``tol``, else None."""
+    sec = [float(s) for s in seconds]
+    for j in range(1, len(sec)):
+        i = max(range(j), key=lambda a: sec[a])
+        if sec[j] < sec[i] * (1.0 - tol):
+            return int(sizes[i]), int(sizes[j])
+    return None
+
+
+def profile_key(model, device: str | torch.device) -> dict:
+    """Everything the verify latency depends on; a change in any of it means a new measurement."""
+    from .hardware import cpu_flags
+
     cfg = model.config.to_json_string(use_diff=False)
-    hcfg = json.dumps(heads.config.to_dict(), sort_keys=True) if heads is not None else ""
+    dev = torch.device(device)
     return {
         "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
-        "model_hash": hashlib.sha256((cfg + hcfg).encode()).hexdigest()[:16],
+        "model_hash": hashlib.sha256(cfg.encode()).hexdigest()[:16],
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "device": str(torch.device(device)),
+        "device": str(dev),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "cpu": cpu_flags() if dev.type == "cpu" else [],
     }
 
 
@@ -77,10 +176,9 @@ def _key_file(key: dict, cache_dir: str) -> str:
 
 
 @torch.no_grad()
-def measure_latency(
-    model, heads, sizes=DEFAULT_SIZES, prefix_len: int = 256, reps: int = 3
-) -> LatencyProfile:
-    """Time one verify step (tree forward + output projection) for each tree size, best of ``reps``."""
+def measure_latency(model, sizes=DEFAULT_SIZES, prefix_len: int = 256, reps: int = 3) -> LatencyProfile:
+    """Time one verify step (tree forward + output projection) per tree size: the sizes interleaved within each
+    repetition (a burst of load hits all sizes alike), the median of ``reps`` after a warm-up round."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
@@ -92,43 +190,58 @@ def measure_latency(
     cache = DynamicCache(config=model.config)
     forward_hidden(decoder, prefix, cache, torch.arange(prefix_len, device=device)[None])
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    K = heads.num_heads if heads is not None else 4
-    logp = torch.randn(K, 8, generator=g).log_softmax(-1).sort(descending=True).values.to(device)
-    seconds = []
+    logp = torch.randn(4, 8, generator=g).log_softmax(-1).sort(descending=True).values.to(device)
+    steps = []
     for T in sizes:
-        tree = dynamic_tree(logp, T - 1)
-        buf = tree_buffers(tree)
+        buf = tree_buffers(dynamic_tree(logp, T - 1))
         mask = tree_attention_mask(buf.tree_mask, prefix_len, dtype)
         pos = (buf.position_offsets + prefix_len)[None]
-        ids = torch.randint(0, vocab, (1, tree.size), generator=g).to(device)
-        best = float("inf")
-        for _ in range(reps + 1):  # the first run warms up
+        ids = torch.randint(0, vocab, (1, buf.tree_mask.shape[0]), generator=g).to(device)
+        steps.append((ids, pos, mask))
+    runs = [[] for _ in sizes]
+    for rep in range(reps + 1):  # round 0 warms up
+        for i, (ids, pos, mask) in enumerate(steps):
             sync()
             t0 = time.perf_counter()
             hidden = forward_hidden(decoder, ids, cache, pos, mask)[0]
             project(model, lm_head, hidden).argmax(-1)
             sync()
-            best = min(best, time.perf_counter() - t0)
+            if rep:
+                runs[i].append(time.perf_counter() - t0)
             for layer in cache.layers:  # drop the tree entries again
-                layer.crop(-tree.size)
-        seconds.append(best)
-    heads_s = 0.0
-    if heads is not None:
-        h = torch.randn(heads.config.hidden_size, generator=g).to(device, dtype)
-        runs = []
-        for _ in range(reps + 1):
-            sync()
-            t0 = time.perf_counter()
-            heads(h, lm_head).float().topk(8, dim=-1)
-            sync()
-            runs.append(time.perf_counter() - t0)
-        heads_s = min(runs[1:])
+                layer.crop(-ids.shape[1])
     return LatencyProfile(
         sizes=torch.tensor(list(sizes), dtype=torch.long),
-        seconds=torch.tensor(seconds, dtype=torch.float64),
-        heads_seconds=heads_s,
+        seconds=torch.tensor([statistics.median(r) for r in runs], dtype=torch.float64),
+        heads_seconds=0.0,
         key={},
     )
+
+
+@torch.no_grad()
+def measure_overhead(model, heads, reps: int = 5, num_nodes: int = 16) -> float:
+    """Seconds to draft one tree: the heads on one hidden state + building a dynamic tree of ``num_nodes``."""
+    from .decode import DecodeConfig, head_candidates, sequential_expand
+    from .tree import conditional_tree
+
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    lm_head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    h = torch.randn(heads.config.hidden_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    cfg = DecodeConfig(node_budget=num_nodes)
+    runs = []
+    for _ in range(reps + 1):
+        t0 = time.perf_counter()
+        if heads.sequential:
+            expand = sequential_expand(heads, lm_head, embed, h, cfg, cfg.top_m, [0.0])
+            tree = conditional_tree(expand, torch.tensor(0, device=device), heads.num_heads, num_nodes)
+        else:
+            tree = dynamic_tree(head_candidates(heads, lm_head, h, cfg, cfg.top_m)[1], num_nodes)
+        tree_buffers(tree)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        runs.append(time.perf_counter() - t0)
+    return statistics.median(runs[1:])
 
 
 def load_or_measure(
@@ -140,24 +253,55 @@ def load_or_measure(
     force: bool = False,
     verbose: bool = True,
 ) -> LatencyProfile:
-    """The cached profile for this (model, heads, dtype, device, threads), measuring it the first time."""
-    key = profile_key(model, heads, device)
+    """The cached prior for this (model, dtype, device, threads), measured (and checked) when there is none, or
+    when ``force`` (``--remeasure``) or the cached one fails the monotonicity check; the heads' cost timed now."""
+    key = profile_key(model, device)
     cache_dir = cache_dir or os.path.join(cache_root(), "latency")
     path = _key_file(key, cache_dir)
+    prof = None
     if not force and os.path.exists(path):
         with open(path) as f:
             prof = LatencyProfile.from_dict(json.load(f))
-        if prof.key == key and prof.sizes.tolist() == list(sizes):
-            return prof
+        if prof.key != key or prof.sizes.tolist() != list(sizes):
+            prof = None
+        elif non_monotone(prof.sizes, prof.seconds) is not None:
+            if verbose:
+                print(f"the cached latency profile {path} is not monotone: measuring again", flush=True)
+            prof = None
+    if prof is None:
+        prof = _measure_checked(model, sizes, path, key, verbose)
+    prof.heads_seconds = measure_overhead(model, heads) if heads is not None else 0.0
+    return prof
+
+
+def _measure_checked(model, sizes, path: str, key: dict, verbose: bool) -> LatencyProfile:
     if verbose:
         print(
-            f"measuring verify latency for {len(sizes)} tree sizes (once; cached in {path}) ...", flush=True
+            f"measuring verify latency for {len(sizes)} tree sizes, {len(sizes) * 4} forward passes "
+            f"(once; about as long as decoding ~{len(sizes) * 6} tokens; cached in {path}) ...",
+            flush=True,
         )
-    prof = measure_latency(model, heads, sizes)
+    prof = measure_latency(model, sizes)
+    bad = non_monotone(prof.sizes, prof.seconds)
+    if bad is not None:
+        if verbose:
+            print(
+                f"  {bad[1]} tokens measured faster than {bad[0]}: a busy machine? measuring again",
+                flush=True,
+            )
+        prof = measure_latency(model, sizes, reps=5)
+        bad = non_monotone(prof.sizes, prof.seconds)
     prof.key = key
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    if bad is not None:  # still inconsistent: use a monotone envelope, let decoding correct it, cache nothing
+        print(
+            f"warning: verify latency is not monotone ({bad[1]} tokens faster than {bad[0]}): not cached; "
+            "the budget will learn from the steps it observes",
+            flush=True,
+        )
+        prof.seconds = torch.cummax(prof.seconds, 0).values
+        return prof
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
         json.dump(prof.to_dict(), f, indent=1)
-    os.replace(tmp, path)
+    os.replace(path + ".tmp", path)
     return prof

@@ -122,43 +122,57 @@ class Calibration:
         return f"Calibration([{desc}])"
 
     # ------------------------------------------------------------------------------------------- runtime
-    def topk(self, logits: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def topk(
+        self, logits: torch.Tensor, m: int, head: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """logits [K, V] (or [K, ..., V]) -> (top_idx [K, m], calibrated top_logp [K, m]).
 
         Candidates are ranked by the (temperature-scaled) logits; K may be fewer than the calibrated heads (the
-        first K are used). With identity maps this is exactly ``torch.log_softmax(logits, -1).topk(m)``.
+        first K are used). With ``head`` = k, logits [..., V] are head k's alone (a sequential head drafting for
+        several frontier nodes) -> [..., m]. With identity maps this is exactly ``log_softmax(logits).topk(m)``.
         """
+        if head is not None:
+            if not 0 <= head < self.num_heads:
+                raise CalibrationError(f"head {head} but the calibration covers {self.num_heads}")
+            idx, logp = self._topk(logits[None], m, slice(head, head + 1))
+            return idx[0], logp[0]
         K = logits.shape[0]
         if K > self.num_heads:
             raise CalibrationError(f"logits for {K} heads but the calibration covers {self.num_heads}")
+        return self._topk(logits, m, slice(0, K))
+
+    def _topk(self, logits: torch.Tensor, m: int, sel: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        K = logits.shape[0]
         m = min(m, logits.shape[-1])
-        if all(h.method == "identity" for h in self.heads[:K]):
+        if all(h.method == "identity" for h in self.heads[sel]):
             top_logp, top_idx = torch.log_softmax(logits, -1).topk(m)
             return top_idx, top_logp
         t = self._on(logits.device)
         z = logits.float()
-        temps = t["temps"][:K].view(K, *[1] * (z.dim() - 1))
+        temps = t["temps"][sel].view(K, *[1] * (z.dim() - 1))
         top_logp, top_idx = torch.log_softmax(z / temps, -1).topk(m)  # [K, ..., m]
-        return top_idx, self.map_scaled(top_logp)
+        return top_idx, self.map_scaled(top_logp, sel)
 
-    def map_scaled(self, top_logp: torch.Tensor) -> torch.Tensor:
+    def map_scaled(self, top_logp: torch.Tensor, sel: slice | None = None) -> torch.Tensor:
         """Temperature-scaled top-m log-probs [K, ..., m] (sorted descending) -> calibrated log-probs, same shape.
 
-        Applies the isotonic maps (identity and temperature heads pass through) and the clamp.
+        Applies the isotonic maps of heads ``sel`` (default: the first K; identity and temperature heads pass
+        through) and the clamp.
         """
         K, m = top_logp.shape[0], top_logp.shape[-1]
+        sel = slice(0, K) if sel is None else sel
         t = self._on(top_logp.device)
         view = (K, *[1] * (top_logp.dim() - 1))
         out = top_logp
-        iso = t["iso"][:K]
+        iso = t["iso"][sel]
         if bool(iso.any()):
             r = torch.arange(m, device=top_logp.device).clamp(max=t["slot_of"].shape[1] - 1)
-            slots = t["slot_of"][:K][:, r].view(K, *[1] * (top_logp.dim() - 2), m).expand(top_logp.shape)
+            slots = t["slot_of"][sel][:, r].view(K, *[1] * (top_logp.dim() - 2), m).expand(top_logp.shape)
             q = _interp(top_logp.exp(), slots, t)  # [K, ..., m]
             q = torch.cummin(q, dim=-1).values  # rank r+1 never above rank r
             q = q / q.sum(-1, keepdim=True).clamp_min(1.0)  # at most one candidate is correct
             out = torch.where(iso.view(view), q.clamp_min(EPS).log().to(top_logp.dtype), top_logp)
-        return torch.where(t["calibrated"][:K].view(view), out.clamp(LOG_EPS, 0.0), out)
+        return torch.where(t["calibrated"][sel].view(view), out.clamp(LOG_EPS, 0.0), out)
 
     def _on(self, device) -> dict:
         """The maps as flat tensors on ``device``: all knots of all slots concatenated, slot s shifted by 2s so

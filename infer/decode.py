@@ -16,7 +16,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .tree import Tree, dynamic_tree, static_tree, tree_buffers, tree_tokens
+from .tree import (
+    Tree,
+    conditional_static_tree,
+    conditional_tree,
+    dynamic_tree,
+    static_tree,
+    top_nodes,
+    tree_buffers,
+    tree_tokens,
+)
 
 ACCEPTANCE = ("greedy", "typical", "sample")
 TREES = ("dynamic", "static", "none")
@@ -39,6 +48,9 @@ class DecodeConfig:
     max_new_tokens: int = 256  # stop after this many new tokens
     calibration: object | None = None  # infer.calibration.Calibration: .topk(logits [K, V], m) -> calibrated
     latency: object | None = None  # infer.budget.LatencyProfile: pick the budget (<= node_budget) each step
+    keep_hidden: bool = (
+        False  # record each tree step's root index and hidden state (decode-event calibration)
+    )
 
     def __post_init__(self):
         if self.tree not in TREES:
@@ -61,6 +73,11 @@ class DecodeResult:
     time_heads: float = 0.0  # running the heads
     time_verify: float = 0.0  # tree forward passes
     predicted: list[float] = field(default_factory=list)  # expected tokens/step predicted by the tree scores
+    tree_sizes: list[int] = field(default_factory=list)  # nodes verified per step, root included
+    roots: list[int] = field(default_factory=list)  # keep_hidden: index in tokens of each tree step's root
+    hiddens: list[torch.Tensor] = field(
+        default_factory=list
+    )  # keep_hidden: [H] the heads' input at each root
 
     @property
     def steps(self) -> int:
@@ -229,6 +246,26 @@ def head_candidates(
     return heads.to_full_vocab(top_idx), top_logp
 
 
+def sequential_expand(heads, lm_head, embed, hidden: torch.Tensor, cfg: DecodeConfig, m: int, timer: list):
+    """The tree builder's ``expand`` for sequential heads at one root: head d on F frontier paths [F, d+1] ->
+    (token ids [F, m], conditional log-probs [F, m], calibrated when cfg.calibration is set). ``timer[0]``
+    accumulates the heads' time."""
+
+    def expand(d: int, paths: torch.Tensor):
+        t0 = _now(hidden.device)
+        F = paths.shape[0]
+        logits = heads.head_logits(d, hidden.expand(F, -1), lm_head, embed(paths)).float()  # [F, V_head]
+        k = min(m, logits.shape[-1])
+        if cfg.calibration is not None:
+            idx, logp = cfg.calibration.topk(logits, k, head=d)
+        else:
+            logp, idx = torch.topk(torch.log_softmax(logits, -1), k, dim=-1)
+        timer[0] += _now(hidden.device) - t0
+        return heads.to_full_vocab(idx), logp
+
+    return expand
+
+
 def eos_ids(model, tokenizer=None) -> set[int]:
     ids = getattr(model.generation_config, "eos_token_id", None)
     ids = [ids] if isinstance(ids, int) else list(ids or [])
@@ -294,6 +331,8 @@ def generate(
             raise ValueError(f"the static tree is {static.max_depth} deep but only {max_d} heads are used")
         static_buffers = tree_buffers(static)
     top_m = cfg.top_m if static is None else int(static.rank.max()) + 1
+    embed = model.get_input_embeddings() if heads is not None and heads.sequential else None
+    depth = 0 if plain else (heads.num_heads if cfg.depth is None else min(cfg.depth, heads.num_heads))
     result = DecodeResult(tokens=[])
     dtype = next(model.parameters()).dtype
     t_start = _now(device)
@@ -320,21 +359,37 @@ def generate(
             continue
 
         t0 = _now(device)
-        top_tokens, top_logp = head_candidates(heads, lm_head, hidden, cfg, top_m)  # [K, m] each
-        t1 = _now(device)
-        if static is not None:
-            tree, buffers = static, static_buffers
+        root_t = torch.tensor(root, device=device)
+        if heads.sequential:  # path-conditioned drafting: the heads run inside the tree builder
+            timer = [0.0]
+            expand = sequential_expand(heads, lm_head, embed, hidden, cfg, top_m, timer)
+            top_tokens = top_logp = None
+            if static is not None:
+                tree = conditional_static_tree(static, expand, root_t)
+            else:
+                tree = conditional_tree(expand, root_t, depth, cfg.node_budget)
+            t1 = t0 + timer[0]
         else:
-            tree = dynamic_tree(top_logp, cfg.node_budget)
-            if cfg.latency is not None:  # auto budget: the prefix of the best paths with the best tokens/s
+            top_tokens, top_logp = head_candidates(heads, lm_head, hidden, cfg, top_m)  # [K, m] each
+            t1 = _now(device)
+            tree = static if static is not None else dynamic_tree(top_logp, cfg.node_budget)
+        if static is not None and not heads.sequential:
+            buffers = static_buffers
+        else:
+            if (
+                static is None and cfg.latency is not None
+            ):  # auto budget: the best paths with the best tokens/s
                 n = cfg.latency.best_budget(tree.score[1:].sort(descending=True).values)
-                if n < tree.size - 1:
-                    tree = dynamic_tree(top_logp, n)
-            buffers = tree_buffers(tree)
+                tree = top_nodes(tree, n)
+            buffers = static_buffers if static is not None else tree_buffers(tree)
+        if cfg.keep_hidden:
+            result.roots.append(len(result.tokens) - 1)
+            result.hiddens.append(hidden.detach().float().cpu())
         tokens = tree_tokens(tree, torch.tensor(root, device=device), top_tokens)  # [T]
         mask4d = tree_attention_mask(buffers.tree_mask, prefix, dtype)
         positions = (buffers.position_offsets + prefix)[None]
         result.predicted.append(expected_tokens(tree, buffers.tree_mask, top_logp))
+        result.tree_sizes.append(tree.size)
         t2 = _now(device)
         hiddens = forward_hidden(decoder, tokens[None], cache, positions, mask4d)[0]  # [T, H]
         logits = project(model, lm_head, hiddens)  # [T, V]
@@ -346,15 +401,20 @@ def generate(
         hidden = hiddens[path[-1]]
         t3 = _now(device)
         result.time_heads += t1 - t0
-        result.time_tree += t2 - t1
+        result.time_tree += t2 - t1  # sequential heads: t1 = t0 + the heads' share of building the tree
         result.time_verify += t3 - t2
+        if cfg.latency is not None and hasattr(cfg.latency, "observe"):  # the budget learns from real steps
+            cfg.latency.observe(tree.size, t3 - t2, t2 - t0)
         done = _emit(result, tokens[path[1:]].tolist() + [root], eos, cfg, on_tokens)
     result.time_total = _now(device) - t_start
     return result
 
 
-def expected_tokens(tree: Tree, tree_mask: torch.Tensor, logp: torch.Tensor) -> float:
-    """1 + sum over nodes of P(path accepted), taking the (calibrated) head probabilities at face value."""
+def expected_tokens(tree: Tree, tree_mask: torch.Tensor, logp: torch.Tensor | None) -> float:
+    """1 + sum over nodes of P(path accepted), taking the (calibrated) head probabilities at face value. With
+    ``logp`` None (path-conditioned trees) the tree's own path scores are those probabilities."""
+    if logp is None:
+        return float(tree.score[1:].exp().sum()) + 1.0
     node_logp = logp[(tree.depth - 1).clamp(min=0), tree.rank]  # [T]
     node_logp[0] = 0.0
     path_logp = tree_mask.to(node_logp.dtype) @ node_logp  # [T]

@@ -88,7 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--posterior-alpha", type=float, default=0.3, help="typical acceptance alpha")
     p.add_argument("--max-new-tokens", type=int, default=256, help="new tokens at most, per turn")
     p.add_argument(
-        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="model and heads dtype"
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="model and heads dtype; auto: the faster on this machine, measured once and cached (GPUs: bf16)",
+    )
+    p.add_argument(
+        "--remeasure", action="store_true", help="measure the auto budget's verify-latency prior again"
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
@@ -96,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compare",
         action="store_true",
-        help="also run plain decoding on the same prompt (same dtype): speedup and identity",
+        help="also run transformers' generate (greedy), its prompt lookup decoding and our plain decoding on the "
+        "same prompt (same dtype): speedups and identity",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     p.add_argument("--quiet", action="store_true", help="do not stream text, print only the statistics")
@@ -254,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         from .budget import DEFAULT_SIZES, load_or_measure
 
         sizes = [t for t in DEFAULT_SIZES if t <= args.max_nodes + 1]
-        cfg.latency = load_or_measure(model, heads, args.device, sizes=sizes, verbose=not args.json)
+        cfg.latency = load_or_measure(
+            model, heads, args.device, sizes=sizes, force=args.remeasure, verbose=not args.json
+        )
     if args.prompt is not None:
         convs = [[args.prompt]]
     elif args.prompt_file is not None:
@@ -279,12 +288,23 @@ def main(argv: list[str] | None = None) -> int:
             print()
         record = {"prompt_tokens": ids.shape[1], **summary(out, "medusa" if heads is not None else "plain")}
         if args.compare and heads is not None:
+            from .baselines import run_baseline
+
             torch.manual_seed(args.seed)
             base = generate(model, ids, None, decode_config(args, tree="none"), eos=eos, generator=generator)
             record.update(summary(base, "plain"))
             # tokens/s ratio: in bf16 the two outputs may differ in length
             record["speedup"] = out.tokens_per_second / max(base.tokens_per_second, 1e-9)
             record["identical"] = base.tokens == out.tokens
+            others = {}
+            if cfg.acceptance == "greedy":  # transformers' own greedy decoding, and its prompt lookup
+                for name in ("hf-generate", "hf-prompt-lookup"):
+                    others[name] = run_baseline(name, model, ids, args.max_new_tokens, eos)
+                    tag = name.replace("-", "_")
+                    record[f"{tag}_tokens_per_s"] = round(others[name].tokens_per_second, 2)
+                    record[f"speedup_vs_{tag}"] = round(
+                        out.tokens_per_second / max(others[name].tokens_per_second, 1e-9), 3
+                    )
         if args.json:
             print(json.dumps(record))
         else:
@@ -298,13 +318,24 @@ def main(argv: list[str] | None = None) -> int:
                     + (
                         " (sampling)"
                         if cfg.acceptance != "greedy"
-                        else f" ({args.dtype} rounding: the batched tree pass and one-token steps round differently, so "
+                        else f" ({str(model.dtype).replace('torch.', '')} rounding: the batched tree pass and one-token steps round differently, so "
                         "near-ties can flip; in float32 greedy outputs are identical)"
                     )
                 )
-                print(
-                    f"[compare] speedup {record['speedup']:.2f}x over plain decoding ({args.dtype}); outputs {same}"
-                )
+                dt = str(model.dtype).replace("torch.", "")
+                for name, r in others.items():
+                    print(stats_line(name, r).split(", tree building")[0])
+                if others:
+                    print(
+                        f"[compare] speedup {record['speedup_vs_hf_generate']:.2f}x over transformers' generate, "
+                        f"{record['speedup']:.2f}x over our plain loop, prompt lookup decoding "
+                        f"{others['hf-prompt-lookup'].tokens_per_second / max(others['hf-generate'].tokens_per_second, 1e-9):.2f}x "
+                        f"({dt}); outputs {same}"
+                    )
+                else:
+                    print(
+                        f"[compare] speedup {record['speedup']:.2f}x over plain decoding ({dt}); outputs {same}"
+                    )
         return tokenizer.decode(out.tokens, skip_special_tokens=True)
 
     base_messages = [{"role": "system", "content": args.system}] if args.system else []

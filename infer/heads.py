@@ -5,6 +5,11 @@ Each head is L residual blocks ``x + SiLU(W x + b)`` with distinct weights per l
 projection: either the head's own (``layout="own_lm_head"``, Medusa-1's layout, initialised from the base lm_head)
 or the base model's lm_head, shared and frozen (``layout="shared_lm_head"``, a few MB on disk).
 
+``head_type="sequential"`` (Hydra, arXiv 2402.05109): head k also reads the path it extends, the base model's frozen
+input embeddings of the root token (t+1) and of the draft tokens at depths 1..k (t+2 .. t+k+1). Its blocks then
+run on ``u = A_k [h; e_0; ...; e_k] + b`` (A_k starts as [I, 0, ..., 0]: an untrained sequential head equals a
+Medusa head), so its probabilities are conditional on the path: P(token at depth k+1 | the path up to depth k).
+
 On disk: ``config.json`` (see :class:`MedusaConfig`) + ``model.safetensors``. The original FasterDecoding
 Medusa-1 layout (``medusa_lm_head.pt`` / ``.safetensors``) loads too, see :func:`load_medusa1`.
 """
@@ -24,6 +29,7 @@ from torch import nn
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LAYOUTS = ("shared_lm_head", "own_lm_head")
+HEAD_TYPES = ("medusa", "sequential")
 
 
 class HeadsError(ValueError):
@@ -40,11 +46,14 @@ class MedusaConfig:
     base_model_name_or_path: str = ""  # Hub id of the base model (never a local path when pushed)
     base_model_revision: str | None = None  # base model revision the heads were trained against
     head_vocab: list[int] | None = field(default=None, repr=False)  # optional reduced candidate vocabulary
+    head_type: str = "medusa"  # "medusa" (hidden state only) or "sequential" (+ embeddings of the path)
     model_type: str = "medusa_heads"
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
             raise HeadsError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.head_type not in HEAD_TYPES:
+            raise HeadsError(f"head_type must be one of {HEAD_TYPES}, got {self.head_type!r}")
         if self.medusa_num_heads < 1 or self.medusa_num_layers < 0:
             raise HeadsError("medusa_num_heads must be >= 1 and medusa_num_layers >= 0")
 
@@ -77,12 +86,31 @@ class ResBlock(nn.Module):
         return x + self.act(self.linear(x))
 
 
+class PathInput(nn.Module):
+    """Sequential head k's input layer: [h; e_0; ...; e_k] [..., (k+2) H] -> [..., H], starting as u = h."""
+
+    def __init__(self, hidden_size: int, num_tokens: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size * (num_tokens + 1), hidden_size)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        with torch.no_grad():
+            self.linear.weight[:, :hidden_size].copy_(torch.eye(hidden_size))
+
+    def forward(self, hidden: torch.Tensor, path_emb: torch.Tensor) -> torch.Tensor:
+        """hidden [..., H], path_emb [..., k+1, H] -> [..., H]."""
+        x = torch.cat([hidden, path_emb.flatten(-2)], -1)
+        return self.linear(x.to(self.linear.weight.dtype))
+
+
 class MedusaHeads(nn.Module):
     """K heads. ``forward(hidden, lm_head)`` -> logits ``[K, *hidden.shape[:-1], V]``.
 
     With the shared layout, pass the base model's output embedding as ``lm_head``; it is not part of this module's
     state dict. With ``config.head_vocab`` set, logits cover only that reduced vocabulary (``[..., V_head]``) and
-    :meth:`to_full_vocab` maps indices back.
+    :meth:`to_full_vocab` maps indices back. Sequential heads also take ``path_emb`` [..., K, H] (the embeddings
+    of the tokens t+1 .. t+K; head k reads the first k+1) in :meth:`features` / :meth:`forward`, or one head at a
+    time through :meth:`head_logits` (the tree builder).
     """
 
     def __init__(self, config: MedusaConfig):
@@ -94,6 +122,10 @@ class MedusaHeads(nn.Module):
             self.lm_heads = nn.ModuleList([nn.Linear(H, V, bias=False) for _ in range(K)])
         else:
             self.lm_heads = None
+        if config.head_type == "sequential":
+            self.inputs = nn.ModuleList([PathInput(H, k + 1) for k in range(K)])
+        else:
+            self.inputs = None
         vocab = torch.tensor(config.head_vocab if config.head_vocab is not None else [], dtype=torch.long)
         self.register_buffer("head_vocab", vocab, persistent=False)
 
@@ -101,18 +133,48 @@ class MedusaHeads(nn.Module):
     def num_heads(self) -> int:
         return self.config.medusa_num_heads
 
+    @property
+    def sequential(self) -> bool:
+        return self.inputs is not None
+
     def init_from_lm_head(self, lm_head: nn.Module) -> None:
         """Medusa-1 initialisation: each own projection starts as a copy of the base lm_head."""
         if self.lm_heads is not None:
             for proj in self.lm_heads:
                 proj.weight.data.copy_(lm_head.weight.data.to(proj.weight.dtype))
 
-    def features(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[..., H] -> [K, ..., H]: the residual blocks of every head."""
-        return torch.stack([blocks(hidden) for blocks in self.blocks])
+    def features(self, hidden: torch.Tensor, path_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """[..., H] (+ path_emb [..., K, H] for sequential heads) -> [K, ..., H]: every head's residual blocks."""
+        return torch.stack([self.head_features(k, hidden, path_emb) for k in range(self.num_heads)])
 
-    def forward(self, hidden: torch.Tensor, lm_head: nn.Module | None = None) -> torch.Tensor:
-        feats = self.features(hidden)  # [K, ..., H]
+    def head_features(
+        self, k: int, hidden: torch.Tensor, path_emb: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Head k: hidden [..., H] (+ path_emb [..., >= k+1, H]) -> [..., H]."""
+        if self.inputs is not None:
+            if path_emb is None or path_emb.shape[-2] < k + 1:
+                raise HeadsError(f"sequential head {k} reads the embeddings of {k + 1} path tokens")
+            hidden = self.inputs[k](hidden, path_emb[..., : k + 1, :])
+        return self.blocks[k](hidden)
+
+    def head_logits(
+        self, k: int, hidden: torch.Tensor, lm_head: nn.Module | None, path_emb: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Head k alone: hidden [..., H] (+ path_emb [..., k+1, H]) -> logits [..., V or V_head]."""
+        feats = self.head_features(k, hidden, path_emb)
+        if self.lm_heads is not None:
+            weight = self.lm_heads[k].weight
+            weight = weight[self.head_vocab] if self.head_vocab.numel() else weight
+        else:
+            if lm_head is None:
+                raise HeadsError("shared_lm_head layout: pass the base model's lm_head")
+            weight = self._shared_weight(lm_head)
+        return nn.functional.linear(feats.to(weight.dtype), weight)
+
+    def forward(
+        self, hidden: torch.Tensor, lm_head: nn.Module | None = None, path_emb: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        feats = self.features(hidden, path_emb)  # [K, ..., H]
         shape = feats.shape
         if self.lm_heads is not None:
             weight = torch.stack([p.weight for p in self.lm_heads])  # [K, V, H]

@@ -9,15 +9,26 @@ depth d >= 1 takes its token from head d-1 at rank ``rank[i]`` of that head's to
 - :func:`dynamic_tree` builds the node set every step from the heads' top-m log-probabilities: the n most probable
   paths of the Cartesian product (arXiv 2502.05947), by a per-depth beam, K small top-k calls, no Python loop
   over nodes.
+- :func:`conditional_tree` is the same n-best search over path-conditioned probabilities (sequential heads): built
+  depth by depth, the next head runs once, batched, on the current best frontier nodes, each gets its top-m, and
+  the n best paths overall are kept (a path's score = the sum of its nodes' conditional log-probabilities).
+  :func:`conditional_static_tree` gives a ``medusa_choices`` tree its tokens the same way.
+- :func:`top_nodes` keeps the n best nodes of a scored tree (the auto budget's cut).
 - :func:`tree_buffers` turns a node set into ``tree_mask``, position offsets and ``retrieve_indices``.
+
+An ``expand(depth, paths)`` callable drafts one depth: paths [F, depth + 1] token ids (root first) of F frontier
+nodes -> (tokens [F, m], log-probs [F, m]) of each node's m candidate children, sorted descending.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+Expand = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -28,6 +39,9 @@ class Tree:
     depth: torch.Tensor  # [T] long: 0 for the root
     rank: torch.Tensor  # [T] long: rank within head (depth-1)'s top list
     score: torch.Tensor  # [T] float: log-probability of the path (0 for the root)
+    tokens: torch.Tensor | None = (
+        None  # [T] long: token ids when the builder drafted them (root: placeholder)
+    )
 
     @property
     def size(self) -> int:
@@ -46,7 +60,11 @@ class TreeBuffers:
 
 
 def tree_tokens(tree: Tree, root_token: torch.Tensor, topk_tokens: torch.Tensor) -> torch.Tensor:
-    """root token [] + per-head candidates [K, m] -> tree token ids [T]."""
+    """root token [] + per-head candidates [K, m] -> tree token ids [T] (or the tree's own drafted tokens)."""
+    if tree.tokens is not None:
+        tokens = tree.tokens.clone()
+        tokens[0] = root_token
+        return tokens
     head = (tree.depth - 1).clamp(min=0)
     tokens = topk_tokens[head, tree.rank.clamp(max=topk_tokens.shape[1] - 1)]
     tokens[0] = root_token
@@ -128,29 +146,52 @@ def sparse_tree_from_accuracies(accuracies: list[list[float]], num_nodes: int) -
 def dynamic_tree(topk_logp: torch.Tensor, num_nodes: int) -> Tree:
     """The ``num_nodes`` most probable paths of the Cartesian product of the heads' top-m lists.
 
-    topk_logp: [K, m] log-probabilities of each head's top-m tokens (sorted descending, raw or calibrated).
-    A path's score is the sum of its log-probabilities; scores never rise along a path, and ties go to the
-    shallower node, so the kept set is closed under parents: a tree. Per depth d only the best ``num_nodes``
-    extensions of depth d-1's best can be among the overall best, which bounds the work at K * n * m.
+    topk_logp: [K, m] log-probabilities of each head's top-m tokens (sorted descending, raw or calibrated): Medusa
+    heads do not see the path, so every node of depth d gets the same m candidates. Node tokens are taken from
+    the heads' top lists by rank (:func:`tree_tokens`).
     """
     K, m = topk_logp.shape
-    device = topk_logp.device
-    scores, parents, ranks, depths = [], [], [], []
+    ranks = torch.arange(m, device=topk_logp.device)
+
+    def expand(d: int, paths: torch.Tensor):
+        F = paths.shape[0]
+        return ranks.expand(F, m), topk_logp[d].expand(F, m)
+
+    tree = conditional_tree(expand, torch.zeros((), dtype=torch.long, device=topk_logp.device), K, num_nodes)
+    tree.tokens = None  # the "tokens" drafted above are ranks
+    return tree
+
+
+def conditional_tree(expand: Expand, root_token: torch.Tensor, depth: int, num_nodes: int) -> Tree:
+    """The ``num_nodes`` most probable paths when each node's children come from ``expand`` (see module docstring).
+
+    A path's score is the sum of its log-probabilities; scores never rise along a path, and ties go to the
+    shallower node, so the kept set is closed under parents: a tree. Only the best ``num_nodes`` nodes of depth
+    d-1 can have children among the overall best, so each depth expands at most that many (a beam, exact).
+    """
+    device = root_token.device
+    scores, parents, ranks, depths, toks = [], [], [], [], []
+    paths = root_token.reshape(1, 1)  # [F, d + 1] token paths of the frontier
     prev_score = torch.zeros(1, device=device)  # the root
     prev_start, total = 0, 0  # global id of depth d-1's first node; nodes so far
-    for d in range(K):
-        cand = (prev_score[:, None] + topk_logp[d][None, :]).reshape(-1)  # [b * m]
+    for d in range(depth):
+        cand_tok, cand_logp = expand(d, paths)  # [F, m] each
+        m = cand_logp.shape[1]
+        cand = (prev_score[:, None] + cand_logp).reshape(-1)  # [F * m]
         best, idx = torch.topk(cand, min(num_nodes, cand.numel()))  # sorted descending
+        local = idx // m
         scores.append(best)
-        parents.append(idx // m + prev_start if d > 0 else torch.full_like(idx, -1))
+        parents.append(local + prev_start if d > 0 else torch.full_like(idx, -1))
         ranks.append(idx % m)
         depths.append(torch.full_like(idx, d + 1))
+        toks.append(cand_tok.reshape(-1)[idx])
+        paths = torch.cat([paths[local], toks[-1][:, None]], 1)
         prev_start, total = total, total + best.numel()
         prev_score = best
-    score, parent, rank, depth = (torch.cat(x) for x in (scores, parents, ranks, depths))
+    score, parent, rank, depth_, tok = (torch.cat(x) for x in (scores, parents, ranks, depths, toks))
     # Global top-n; stable sort keeps the shallower node first on ties, so parents rank before children.
     order = torch.sort(score, descending=True, stable=True).indices[:num_nodes]
-    order = order[torch.sort(depth[order], stable=True).indices]  # by depth, then by score: parents first
+    order = order[torch.sort(depth_[order], stable=True).indices]  # by depth, then by score: parents first
     new_pos = torch.full((score.numel(),), -1, dtype=torch.long, device=device)
     new_pos[order] = torch.arange(1, order.numel() + 1, device=device)
     kept_parent = parent[order]
@@ -160,7 +201,49 @@ def dynamic_tree(topk_logp: torch.Tensor, num_nodes: int) -> Tree:
     z, z2, z3, zs = _root(device)
     return Tree(
         parents=torch.cat([z, kept_parent]),
-        depth=torch.cat([z2, depth[order]]),
+        depth=torch.cat([z2, depth_[order]]),
         rank=torch.cat([z3, rank[order]]),
         score=torch.cat([zs, score[order]]),
+        tokens=torch.cat([root_token.reshape(1), tok[order]]),
+    )
+
+
+def conditional_static_tree(tree: Tree, expand: Expand, root_token: torch.Tensor) -> Tree:
+    """A static tree (``medusa_choices``) whose node tokens and scores come from ``expand``: node (r_1..r_d) is
+    rank r_d among the children that ``expand`` drafts for its parent's path. Each depth's parents run at once."""
+    T, D = tree.size, tree.max_depth
+    paths = torch.zeros(
+        T, D + 1, dtype=torch.long, device=root_token.device
+    )  # [T, D+1] token path of each node
+    paths[0, 0] = root_token
+    score = torch.zeros(T, device=root_token.device)
+    for d in range(1, D + 1):
+        nodes = (tree.depth == d).nonzero().squeeze(1)
+        par, inv = tree.parents[nodes].unique(return_inverse=True)  # the parents that have children here
+        cand_tok, cand_logp = expand(d - 1, paths[par, :d])  # [P, m]
+        r = tree.rank[nodes].clamp(max=cand_tok.shape[1] - 1)
+        paths[nodes, :d] = paths[tree.parents[nodes], :d]
+        paths[nodes, d] = cand_tok[inv, r]
+        score[nodes] = score[tree.parents[nodes]] + cand_logp[inv, r]
+    tokens = paths[torch.arange(T, device=paths.device), tree.depth]
+    return Tree(parents=tree.parents, depth=tree.depth, rank=tree.rank, score=score, tokens=tokens)
+
+
+def top_nodes(tree: Tree, num_nodes: int) -> Tree:
+    """The ``num_nodes`` best-scored nodes of a tree (closed under parents: scores never rise along a path, and
+    ties go to the shallower node), in depth-then-score order; parents remapped."""
+    if num_nodes >= tree.size - 1:
+        return tree
+    order = torch.sort(tree.score[1:], descending=True, stable=True).indices[:num_nodes] + 1
+    order = order[torch.sort(tree.depth[order], stable=True).indices]
+    keep = torch.cat([order.new_zeros(1), order])
+    new_pos = torch.full((tree.size,), -1, dtype=torch.long, device=keep.device)
+    new_pos[keep] = torch.arange(keep.numel(), device=keep.device)
+    pick = lambda x: None if x is None else x[keep]  # noqa: E731
+    return Tree(
+        parents=new_pos[tree.parents[keep]],
+        depth=tree.depth[keep],
+        rank=tree.rank[keep],
+        score=tree.score[keep],
+        tokens=pick(tree.tokens),
     )

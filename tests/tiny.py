@@ -99,10 +99,16 @@ def greedy_continuations(model, prompts: list[torch.Tensor], max_new_tokens: int
 
 
 def fit_oracle_heads(
-    model, sequences: list[torch.Tensor], num_heads: int = 3, steps: int = 300, seed: int = 0
+    model,
+    sequences: list[torch.Tensor],
+    num_heads: int = 3,
+    steps: int = 300,
+    seed: int = 0,
+    head_type: str = "medusa",
 ):
     """Heads fitted (memorised) on the model's own greedy sequences [N]: an oracle so that tree decoding
-    accepts several tokens per step in tests. Own-projection layout, Adam on the Medusa loss."""
+    accepts several tokens per step in tests. Own-projection layout, Adam on the Medusa loss; sequential heads
+    read the true path tokens (teacher forcing)."""
     from infer.heads import MedusaConfig, MedusaHeads
 
     torch.manual_seed(seed)
@@ -113,24 +119,28 @@ def fit_oracle_heads(
             vocab_size=cfg.vocab_size,
             medusa_num_heads=num_heads,
             layout="own_lm_head",
+            head_type=head_type,
         )
     )
     heads.init_from_lm_head(model.get_output_embeddings())
+    embed = model.get_input_embeddings()
     with torch.no_grad():
         feats, targets = [], []
         for seq in sequences:
             hidden = model.get_decoder()(input_ids=seq[None]).last_hidden_state[0]  # [T, H]
+            emb = embed(seq)  # [T, H]
             T = seq.shape[0]
             for k in range(num_heads):
                 n = T - k - 2
                 if n > 0:
-                    feats.append((k, hidden[:n]))
+                    path = torch.stack([emb[1 + j : 1 + j + n] for j in range(k + 1)], 1)  # [n, k+1, H]
+                    feats.append((k, hidden[:n], path))
                     targets.append(seq[k + 2 : k + 2 + n])
     opt = torch.optim.Adam(heads.parameters(), lr=3e-3)
     for _ in range(steps):
         loss = 0.0
-        for (k, h), y in zip(feats, targets):
-            logits = heads.lm_heads[k](heads.blocks[k](h))
+        for (k, h, path), y in zip(feats, targets):
+            logits = heads.head_logits(k, h, None, path if heads.sequential else None)
             loss = loss + torch.nn.functional.cross_entropy(logits, y)
         opt.zero_grad()
         loss.backward()

@@ -174,6 +174,92 @@ def collect(
     return out
 
 
+def first_prompt(tokenizer, record: dict, template: str | None = None) -> torch.Tensor | None:
+    """A conversation record -> input ids [1, L] of its messages up to the first user turn (generation prompt
+    added), or None when it has no user turn."""
+    msgs = record.get("messages") or []
+    first = next((i for i, m in enumerate(msgs) if m.get("role") == "user"), None)
+    if first is None:
+        return None
+    from data.chat import resolve_template
+
+    text = tokenizer.apply_chat_template(
+        msgs[: first + 1],
+        tokenize=False,
+        add_generation_prompt=True,
+        chat_template=resolve_template(tokenizer, template),
+    )
+    return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def collect_decode(
+    model,
+    heads,
+    tokenizer,
+    records: list[dict],
+    top_m: int = TOP_M,
+    max_examples: int | None = None,
+    max_new_tokens: int = 128,  # tokens decoded per conversation (its first user turn)
+    node_budget: int = 16,  # the dynamic tree the decoder runs while collecting (raw head probabilities)
+    template: str | None = None,
+) -> dict:
+    """Events on the positions decoding visits, conditioned on the path: the real decoder (greedy, dynamic tree)
+    answers each conversation's first user turn; at every tree step's root it records the heads' input. Then,
+    for each such root and depth k+1, head k's top-m candidates (sequential heads: drafted on the true path,
+    the tokens greedy decoding went on to emit) and whether each is that true token. An event of depth k+1
+    counts only where the true tokens of depths 1..k were each among their head's top-m: the node's parent could
+    be in the tree and accepted. Same output as :func:`collect` (one "position" per tree step)."""
+    from infer.decode import DecodeConfig, decoder_and_head, eos_ids, generate
+
+    K = heads.num_heads
+    device = next(model.parameters()).device
+    heads.to(device)
+    hdtype = next(heads.parameters(), torch.empty(0)).dtype
+    _, lm_head = decoder_and_head(model)
+    embed = model.get_input_embeddings()
+    cfg = DecodeConfig(tree="dynamic", node_budget=node_budget, top_m=8, max_new_tokens=max_new_tokens)
+    cfg.keep_hidden = True
+    eos = eos_ids(model, tokenizer)
+    parts: dict[str, list] = {k: [] for k in ("top_logits", "correct", "lse", "dlse", "valid", "example")}
+    used, steps, tokens = 0, 0, 0
+    for rec in records[:max_examples] if max_examples else records:
+        ids = first_prompt(tokenizer, rec, template)
+        if ids is None:
+            continue
+        out = generate(model, ids.to(device), heads, cfg, eos=eos)
+        if not out.roots:
+            continue
+        toks = torch.tensor(out.tokens, device=device)
+        roots = torch.tensor(out.roots, device=device)  # [S]
+        S, n = roots.numel(), toks.numel()
+        offs = roots[:, None] + torch.arange(K + 1, device=device)  # [S, K+1]: root, depth 1 .. K
+        known = offs < n
+        path = toks[offs.clamp(max=n - 1)]  # [S, K+1] the greedy path from each root
+        hidden = torch.stack(out.hiddens).to(device, hdtype)  # [S, H]
+        path_emb = embed(path[:, :K]) if heads.sequential else None  # head k reads the root + k true drafts
+        logits = heads(hidden, lm_head, path_emb).float()  # [K, S, V]
+        targets = torch.where(known[:, 1:], path[:, 1:], -1).T  # [K, S]
+        stats = candidate_stats(logits, targets, top_m, BETAS, heads.to_full_vocab)
+        reach = torch.cumprod(
+            stats["correct"].any(-1).to(torch.int8), 0
+        ).bool()  # [K, S] depths 1..k+1 in top-m
+        parent_ok = torch.cat([torch.ones(1, S, dtype=torch.bool), reach[:-1]])
+        for key, value in stats.items():
+            parts[key].append(value)
+        parts["valid"].append(known[:, 1:].T.cpu() & parent_ok)
+        parts["example"].append(torch.full((S,), used, dtype=torch.long))
+        used, steps, tokens = used + 1, steps + S, tokens + n
+        if used % 20 == 0:
+            log.info("decoded %d conversations (%d steps, %.2f tokens/step)", used, steps, tokens / steps)
+    if used == 0:
+        raise CalibrationError("no conversation with a user turn to decode")
+    out = {k: torch.cat(v, 1 if k != "example" else 0) for k, v in parts.items()}
+    out |= {"betas": BETAS.clone(), "num_examples": used, "top_m": out["top_logits"].shape[-1]}
+    out["targets"] = "decode events: greedy path, parent reachable"
+    return out
+
+
 # ---------------------------------------------------------------------------------------- data and checks
 def load_records(path: str, split: str | None = None, skip_bad: bool = False) -> tuple[list[dict], list[str]]:
     """Conversations of ``path`` (of one split) -> (normalised records, split of each record).
@@ -294,7 +380,21 @@ def main(argv: list[str] | None = None) -> int:
     add("--max-examples", type=int, default=0, help="use the first N conversations (0 = all)")
     add("--max-length", type=int, default=None, help="tokens per conversation; default: recipe's, 2048")
     add("--template", default=None, help="chat template; default: the recipe's, else the tokenizer's")
-    add("--verify-with-model", action="store_true", help="targets: the model's greedy chain, not the data")
+    add(
+        "--verify-with-model",
+        action="store_true",
+        help="--events positions: targets from the model's greedy chain, not the data",
+    )
+    add(
+        "--events",
+        choices=("decode", "positions"),
+        default="decode",
+        help="decode: run the decoder on each conversation's first user turn and fit on the tree steps it visits, "
+        "each depth conditioned on its parent being reachable (default); positions: every assistant position, "
+        "marginal per head (the older fit)",
+    )
+    add("--max-new-tokens", type=int, default=128, help="--events decode: tokens decoded per conversation")
+    add("--node-budget", type=int, default=16, help="--events decode: nodes of the dynamic tree decoded with")
     add("--folds", type=int, default=FOLDS, help="cross-fitting folds")
     add("--per-rank", type=int, default=PER_RANK, help="ranks that may get their own isotonic map")
     add("--out", default=None, help="default: HEADS/calibration.json")
@@ -330,23 +430,38 @@ def _run(args) -> int:
     heads.check_base(model)
     heads.eval()
     data_cfg = _section(recipe, "data")
-    col = collect(
-        model,
-        heads,
-        tokenizer,
-        records,
-        top_m=args.top_m,
-        max_examples=args.max_examples or None,
-        max_length=args.max_length or data_cfg.get("max_length") or 2048,
-        template=args.template or data_cfg.get("template"),
-        verify_with_model=args.verify_with_model,
-    )
+    template = args.template or data_cfg.get("template")
+    if args.events == "decode":
+        col = collect_decode(
+            model,
+            heads,
+            tokenizer,
+            records,
+            top_m=args.top_m,
+            max_examples=args.max_examples or None,
+            max_new_tokens=args.max_new_tokens,
+            node_budget=args.node_budget,
+            template=template,
+        )
+    else:
+        col = collect(
+            model,
+            heads,
+            tokenizer,
+            records,
+            top_m=args.top_m,
+            max_examples=args.max_examples or None,
+            max_length=args.max_length or data_cfg.get("max_length") or 2048,
+            template=template,
+            verify_with_model=args.verify_with_model,
+        )
     fitted_on = {
         "data": os.path.abspath(args.data) if os.path.exists(args.data) else args.data,
         "split": args.split,
         "heads": os.path.abspath(folder),
         "model": model_name or "default",
         "positions": [int(v) for v in col["valid"].sum(1)],
+        "events": args.events,
         "forced": bool(args.force),
     }
     cal = fit(col, folds=args.folds, per_rank=args.per_rank, fitted_on=fitted_on)

@@ -25,7 +25,7 @@ import yaml
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded default of infer/base.py (loads offline)
 MODES = ("medusa1", "medusa2")
 LAYOUTS = ("shared_lm_head", "own_lm_head")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "auto")  # auto: the faster on this machine, measured
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -70,6 +70,9 @@ class HeadsConfig:
     medusa_num_layers: int = 1  # residual blocks per head
     layout: str = (
         "shared_lm_head"  # shared_lm_head (frozen base lm_head) or own_lm_head (Medusa-1, init from it)
+    )
+    head_type: str = (
+        "medusa"  # medusa (hidden state only) or sequential (+ embeddings of the drafted path, Hydra)
     )
     decay: float = 0.8  # head k's loss weight is decay**k
     head_vocab_size: int = 0  # N > 0: heads score only the N most frequent training tokens (0 = all)
@@ -143,6 +146,7 @@ class Recipe:
         _choice("mode", self.mode, MODES)
         _choice("model.dtype", self.model.dtype, DTYPES)
         _choice("heads.layout", self.heads.layout, LAYOUTS)
+        _choice("heads.head_type", self.heads.head_type, ("medusa", "sequential"))
         _choice("train.mixed_precision", self.train.mixed_precision, MIXED_PRECISION)
         _choice("train.logits_dtype", self.train.logits_dtype, ("float32", "bfloat16"))
         positive = {

@@ -1,6 +1,7 @@
 """Feature cache for medusa1: run the frozen base once over the data, then train heads on its hidden states.
 
-Shards of SHARD examples (safetensors: hidden [n, H], targets [n, K], lengths), written atomically, in a folder
+Shards of SHARD examples (safetensors: hidden [n, H], targets [n, K], tokens [n, K] (the path tokens t+1..t+K that
+sequential heads read), lengths), written atomically, in a folder
 keyed by a hash of the tokenised data, the model and the heads' shifts; a killed run resumes shard by shard.
 """
 
@@ -14,9 +15,10 @@ import os
 import torch
 import torch.nn.functional as F
 
-from train.trainee import IGNORE, shifted_targets
+from train.trainee import IGNORE, shifted_targets, shifted_tokens
 
 SHARD = 256  # examples per feature-cache shard file
+VERSION = 2  # 2: shards also hold the path tokens
 
 
 def tqdm_(total, desc, accelerator, initial=0):
@@ -30,7 +32,8 @@ def to_device(batch, device):
 
 
 class FeatureSet(torch.utils.data.Dataset):
-    """Cached features: example i -> {"hidden": [n_i, H], "targets": [n_i, K]} (its rows with a head target)."""
+    """Cached features: example i -> {"hidden": [n_i, H], "targets": [n_i, K], "tokens": [n_i, K]} (its rows with a
+    head target; tokens: the next K input tokens, which sequential heads read)."""
 
     def __init__(self, folder):
         from safetensors import safe_open
@@ -52,7 +55,7 @@ class FeatureSet(torch.utils.data.Dataset):
         s, j = divmod(i, SHARD)
         a, b = int(self.offsets[s][j]), int(self.offsets[s][j + 1])
         with safe_open(self.files[s], framework="pt") as f:
-            return {"hidden": f.get_slice("hidden")[a:b], "targets": f.get_slice("targets")[a:b]}
+            return {k: f.get_slice(k)[a:b] for k in ("hidden", "targets", "tokens")}
 
 
 def shard_name(s):
@@ -60,7 +63,7 @@ def shard_name(s):
 
 
 def collate_features(items):
-    return {k: torch.cat([it[k] for it in items]) for k in ("hidden", "targets")}
+    return {k: torch.cat([it[k] for it in items]) for k in ("hidden", "targets", "tokens")}
 
 
 def cache_features(accelerator, cfg, base, ds, collate_fn, name):
@@ -72,11 +75,14 @@ def cache_features(accelerator, cfg, base, ds, collate_fn, name):
 
     K, path, m = cfg.heads.medusa_num_heads, resolve_model_path(cfg.model.name_or_path), cfg.model
     files = [os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else []
-    model_id = [m.name_or_path, m.revision, m.dtype] + [
+    dtype = str(next(base.parameters()).dtype).replace("torch.", "")  # resolved: "auto" is not a dtype
+    model_id = [m.name_or_path, m.revision, dtype] + [
         (f, os.stat(f).st_size, os.stat(f).st_mtime) for f in files
     ]
     data_id = [getattr(ds, "_fingerprint", None), len(ds), ds[0]["input_ids"], ds[len(ds) - 1]["input_ids"]]
-    key = hashlib.sha256(json.dumps([model_id, data_id, K, cfg.data.max_length], default=str).encode())
+    key = hashlib.sha256(
+        json.dumps([model_id, data_id, K, cfg.data.max_length, VERSION], default=str).encode()
+    )
     root = cfg.train.features_dir or os.path.join(cache_root(), "features")
     folder = os.path.join(root, f"{name}-{key.hexdigest()[:16]}")
     if not os.path.exists(os.path.join(folder, "index.json")):
@@ -86,7 +92,7 @@ def cache_features(accelerator, cfg, base, ds, collate_fn, name):
         for s in shards:
             out, bs = os.path.join(folder, shard_name(s)), cfg.train.eval_batch_size
             idx = list(range(s * SHARD, min(len(ds), (s + 1) * SHARD)))
-            hidden, targets, lengths = [], [], []
+            hidden, targets, tokens, lengths = [], [], [], []
             for i in range(0, len(idx), bs) if not os.path.exists(out) else []:  # done by a killed run: skip
                 batch = to_device(collate_fn([ds[j] for j in idx[i : i + bs]]), base.device)
                 inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
@@ -94,14 +100,17 @@ def cache_features(accelerator, cfg, base, ds, collate_fn, name):
                     h = base.base_model(**inputs, use_cache=False).last_hidden_state
                 tg = shifted_targets(batch["labels"], batch.get("position_ids"), [k + 2 for k in range(K)])
                 keep = (tg != IGNORE).any(-1)
+                tok = shifted_tokens(batch["input_ids"], K)
                 for b in range(len(h)):
                     hidden.append(h[b][keep[b]].cpu())
                     targets.append(tg[b][keep[b]].cpu())
+                    tokens.append(tok[b][keep[b]].cpu())
                     lengths.append(int(keep[b].sum()))
             if hidden:
                 tensors = {
                     "hidden": torch.cat(hidden),
                     "targets": torch.cat(targets),
+                    "tokens": torch.cat(tokens),
                     "lengths": torch.tensor(lengths),
                 }
                 save_file({k: v.contiguous() for k, v in tensors.items()}, out + ".tmp")

@@ -216,6 +216,7 @@ def main(argv=None):
         medusa_num_heads=cfg.heads.medusa_num_heads,
         medusa_num_layers=cfg.heads.medusa_num_layers,
         layout=cfg.heads.layout,
+        head_type=cfg.heads.head_type,
         base_model_name_or_path="" if os.path.isdir(cfg.model.name_or_path) else cfg.model.name_or_path,
         base_model_revision=cfg.model.revision,
     )
@@ -235,7 +236,11 @@ def main(argv=None):
         eval_ds = cache_features(accelerator, cfg, base, eval_ds, collate_fn, "eval") if eval_ds else None
         frozen = nn.Linear(hcfg.hidden_size, hcfg.vocab_size, bias=False, dtype=lm_head.weight.dtype)
         frozen.weight.data.copy_(lm_head.weight.data)
-        model = Trainee(heads, lm_head=frozen.requires_grad_(False), **tk)
+        embed = None
+        if heads.sequential:  # the path tokens' embeddings: a frozen copy of the base's input embeddings
+            src = base.get_input_embeddings()
+            embed = nn.Embedding.from_pretrained(src.weight.data.clone(), freeze=True)
+        model = Trainee(heads, lm_head=frozen.requires_grad_(False), embed=embed, **tk)
         del base, lm_head
         collate_fn = collate_features
     else:

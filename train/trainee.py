@@ -28,6 +28,17 @@ def shifted_targets(labels, position_ids, shifts):
     return out
 
 
+def shifted_tokens(input_ids, num):
+    """input_ids [B, T] -> [B, T, num]: column j at t holds input_ids[t + j + 1] (0 past the end). The path tokens
+    a sequential head reads: head k at t sees the tokens t+1 .. t+k+1 (teacher forcing)."""
+    B, T = input_ids.shape
+    out = input_ids.new_zeros((B, T, num))
+    for j in range(num):
+        if j + 1 < T:
+            out[:, : T - j - 1, j] = input_ids[:, j + 1 :]
+    return out
+
+
 def ce_stats(logits, target, count=None):
     """-> (mean CE, [loss sum, top-1 hits, top-5 hits, count]) over rows of logits [N, V]. count (default N) may
     exceed N: the other targets (outside a reduced head vocabulary) count as wrong and add no loss."""
@@ -49,7 +60,9 @@ class Trainee(nn.Module):
     ZeRO-3 gathers their weights). stats rows: heads 0..K-1, then the base's next token (medusa2).
     """
 
-    def __init__(self, heads, base=None, lm_head=None, decay=0.8, logits_dtype="float32", lora=False):
+    def __init__(
+        self, heads, base=None, lm_head=None, decay=0.8, logits_dtype="float32", lora=False, embed=None
+    ):
         super().__init__()
         self.heads, self.base, self.lora = heads, base, lora
         self.decay, self.logits_bf16 = decay, logits_dtype == "bfloat16"
@@ -62,6 +75,7 @@ class Trainee(nn.Module):
             rows.weight.data.copy_(lm_head.weight.data[vocab])
             lm_head = rows.requires_grad_(False)
         self.frozen_lm_head = lm_head  # cached features only: a frozen copy of the base lm_head
+        self.frozen_embed = embed  # cached features + sequential heads: a frozen copy of the input embeddings
 
     def train(self, mode=True):
         super().train(mode)
@@ -71,6 +85,9 @@ class Trainee(nn.Module):
 
     def lm_head(self):
         return self.frozen_lm_head if self.base is None else self.base.get_output_embeddings()
+
+    def embed(self):
+        return self.frozen_embed if self.base is None else self.base.get_input_embeddings()
 
     def decoder(self):
         model = self.base.get_base_model() if self.lora else self.base  # peft -> the transformers model
@@ -105,7 +122,11 @@ class Trainee(nn.Module):
         K = self.heads.num_heads
         extra = {}
         if "hidden" in batch:
-            hidden, targets = batch["hidden"], batch["targets"]  # [N, H], [N, K]
+            hidden, targets, tokens = (
+                batch["hidden"],
+                batch["targets"],
+                batch.get("tokens"),
+            )  # [N, H], [N, K] x2
         else:
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
             with torch.set_grad_enabled(self.lora and torch.is_grad_enabled()):
@@ -126,7 +147,14 @@ class Trainee(nn.Module):
                 tg = tg[..., 1:]
             keep = (tg != IGNORE).any(-1)  # positions with at least one head target
             hidden, targets = h[keep], tg[keep]
-        feats = self.heads.features(hidden.to(next(self.heads.parameters()).dtype))  # [K, N, H]
+            tokens = shifted_tokens(batch["input_ids"], K)[keep]
+        path_emb = None
+        if self.heads.sequential:  # teacher forcing: head k reads the true tokens t+1 .. t+k+1
+            if tokens is None:
+                raise ValueError("sequential heads need the path tokens: rebuild the feature cache")
+            with torch.no_grad():
+                path_emb = self.embed()(tokens)  # [N, K, H]
+        feats = self.heads.features(hidden.to(next(self.heads.parameters()).dtype), path_emb)  # [K, N, H]
         losses, stats = [], []
         for k in range(K):
             valid = targets[:, k] != IGNORE

@@ -21,6 +21,12 @@ def folders(tmp_path_factory):
     for p in heads.parameters():
         p.data.normal_(0, 0.05)
     heads.save_pretrained(root / "heads")
+    seq = MedusaHeads(
+        MedusaConfig(hidden_size=64, vocab_size=400, medusa_num_heads=3, head_type="sequential")
+    )
+    for p in seq.parameters():
+        p.data.normal_(0, 0.05)
+    seq.save_pretrained(root / "seq_heads")
     bad = MedusaHeads(MedusaConfig(hidden_size=32, vocab_size=400, medusa_num_heads=2))
     bad.save_pretrained(root / "bad_heads")
     return root

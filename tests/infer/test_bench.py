@@ -12,7 +12,8 @@ def test_bench_runs_all_modes_side_by_side(folders, calibrated_heads, tmp_path, 
         "--model",
         str(folders / "model"),
         "--heads",
-        str(heads),
+        f"med={heads}",
+        f"seq={folders / 'seq_heads'}",
         "--prompts",
         str(prompts),
         "--limit",
@@ -28,13 +29,17 @@ def test_bench_runs_all_modes_side_by_side(folders, calibrated_heads, tmp_path, 
         "--plot",
         str(tmp_path / "b.png"),
     ]
-    argv += ["--modes", "plain", "static:4", "dynamic-raw:8", "dynamic-cal:8", "auto", "--max-nodes", "8"]
+    argv += ["--modes", "hf-generate", "hf-prompt-lookup", "plain", "static:4", "dynamic-raw:8", "auto"]
+    argv += ["--max-nodes", "8", "--corrupt-profile", "slow-trees"]
     bench.main(argv)
     text = capsys.readouterr().out
-    assert "speedup" in text and "static:4" in text
+    assert "vs HF" in text and "med/static:4" in text and "seq/auto" in text
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 3  # two prompts + the summary
     summary = lines[-1]["modes"]
-    assert set(summary) == {"plain", "static:4", "dynamic-raw:8", "dynamic-cal:8", "auto"}
+    tree_modes = {f"{h}/{m}" for h in ("med", "seq") for m in ("dynamic-raw:8", "auto")}
+    tree_modes |= {"med/static:4", "seq/static:medusa-default"}  # no calibration beside seq: Medusa's tree
+    assert set(summary) == {"hf-generate", "hf-prompt-lookup", "plain"} | tree_modes
     assert all(r["identical"] == "2/2" for r in summary.values())  # greedy: every mode equals plain
+    assert summary["hf-generate"]["tokens_per_step"] is None and summary["plain"]["tokens_per_step"] == 1.0
     assert (tmp_path / "b.png").stat().st_size > 1000

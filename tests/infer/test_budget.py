@@ -21,6 +21,7 @@ def test_best_budget_trades_acceptance_for_latency():
         seconds=torch.tensor([1.0, 1.0, 2.0, 2.0], dtype=torch.float64),
         heads_seconds=0.0,
         key={},
+        probe=False,
     )
     confident = torch.tensor([0.9, 0.9, 0.9, 0.9]).log()  # E(1)=1.9, E(2)=2.8 over 2.0 s, E(4)=4.6 over 2.0 s
     assert prof.best_budget(confident) == 4
@@ -30,19 +31,30 @@ def test_best_budget_trades_acceptance_for_latency():
     assert prof.best_budget(hopeless) == 0  # plain step
 
 
+def _fake_measure(calls):
+    """A deterministic monotone measurement (tiny models time in noise-dominated microseconds)."""
+
+    def measure(model, sizes, reps=3, **k):
+        calls.append(1)
+        return LatencyProfile(torch.tensor(sizes), torch.tensor(sizes, dtype=torch.float64) * 1e-3, 0.0, {})
+
+    return measure
+
+
+def test_measure_latency_times_every_size():
+    prof = budget.measure_latency(tiny_model("llama"), SIZES, prefix_len=16, reps=1)
+    assert prof.sizes.tolist() == SIZES and (prof.seconds > 0).all()
+
+
 def test_profile_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     calls = []
-    real = budget.measure_latency
-
-    def counting(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
+    counting = _fake_measure(calls)
 
     monkeypatch.setattr(budget, "measure_latency", counting)
     model, heads = tiny_model("llama"), _heads()
     p1 = load_or_measure(model, heads, sizes=SIZES, cache_dir=str(tmp_path), verbose=False)
     p2 = load_or_measure(model, heads, sizes=SIZES, cache_dir=str(tmp_path), verbose=False)
-    assert len(calls) == 1 and p1.to_dict() == p2.to_dict()
+    assert len(calls) == 1 and p1.seconds.tolist() == p2.seconds.tolist()
     assert (p1.seconds > 0).all() and p1.sizes.tolist() == SIZES
     files = list(tmp_path.iterdir())
     assert len(files) == 1 and json.loads(files[0].read_text())["key"]["dtype"] == "float32"
@@ -59,10 +71,95 @@ def test_profile_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     load_or_measure(tiny_model("qwen2"), _heads(), sizes=SIZES, cache_dir=str(tmp_path), verbose=False)
     assert len(calls) == 3
     # another device (key only: no second device on this machine) -> another cache file
-    k_cpu = budget.profile_key(model, heads, "cpu")
-    k_gpu = budget.profile_key(model, heads, "cuda:0")
+    k_cpu = budget.profile_key(model, "cpu")
+    k_gpu = budget.profile_key(model, "cuda:0")
     assert budget._key_file(k_cpu, str(tmp_path)) != budget._key_file(k_gpu, str(tmp_path))
     assert len(list(tmp_path.iterdir())) == 3
+
+
+def test_profile_is_keyed_by_model_not_heads(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(budget, "measure_latency", _fake_measure(calls))
+    model = tiny_model("llama")
+    load_or_measure(model, _heads(), sizes=SIZES, cache_dir=str(tmp_path), verbose=False)
+    other = MedusaHeads(
+        MedusaConfig(hidden_size=64, vocab_size=512, medusa_num_heads=3, head_type="sequential")
+    )
+    prof = load_or_measure(model, other, sizes=SIZES, cache_dir=str(tmp_path), verbose=False)
+    assert (
+        len(calls) == 1 and prof.heads_seconds > 0
+    )  # new heads: the cost of drafting timed, not the profile
+
+
+def test_non_monotone_profiles_are_measured_again_and_never_cached(tmp_path, monkeypatch):
+    assert budget.non_monotone([1, 2, 8], [0.29, 0.98, 0.20]) == (2, 8)  # the poisoned profile of the issue
+    assert budget.non_monotone([1, 2, 8], [0.10, 0.09, 0.30]) is None  # within noise
+    fake = [0.3, 1.0, 0.2, 0.25]
+    seen = []
+
+    def poisoned(model, sizes, reps=3, **k):
+        seen.append(reps)
+        return LatencyProfile(torch.tensor(sizes), torch.tensor(fake, dtype=torch.float64), 0.0, {})
+
+    monkeypatch.setattr(budget, "measure_latency", poisoned)
+    prof = load_or_measure(tiny_model("llama"), None, sizes=SIZES, cache_dir=str(tmp_path), verbose=False)
+    assert seen == [3, 5] and list(tmp_path.iterdir()) == []  # measured twice, then not cached
+    assert prof.seconds.tolist() == [0.3, 1.0, 1.0, 1.0]  # monotone envelope until decoding corrects it
+    # A poisoned file already in the cache is re-measured, not trusted.
+    good = [0.1, 0.11, 0.15, 0.2]
+    fake[:] = good
+    model = tiny_model("llama")
+    path = budget._key_file(budget.profile_key(model, "cpu"), str(tmp_path))
+    bad = LatencyProfile(
+        torch.tensor(SIZES), torch.tensor([0.3, 1.0, 0.2, 0.25]), 0.0, budget.profile_key(model, "cpu")
+    )
+    tmp_path.joinpath(path.split("/")[-1]).write_text(json.dumps(bad.to_dict()))
+    prof = load_or_measure(model, None, sizes=SIZES, cache_dir=str(tmp_path), verbose=False)
+    assert prof.seconds.tolist() == good and json.loads(open(path).read())["seconds"] == good
+
+
+def _steps(prof, truth, logp, n_steps):
+    """Drive the budget as decoding does: choose, then observe the true latency of the chosen size."""
+    chosen = []
+    for _ in range(n_steps):
+        n = prof.best_budget(logp)
+        prof.observe(n + 1, truth(n + 1), 0.0)
+        chosen.append(n)
+    return chosen
+
+
+def _share(chosen, n):
+    return sum(c == n for c in chosen) / len(chosen)
+
+
+def test_budget_learns_from_observed_steps():
+    sizes = torch.tensor(budget.DEFAULT_SIZES[:17])  # 1..16, 20
+    true = lambda T: 1.0 + 0.02 * T  # noqa: E731  trees nearly free
+    logp = torch.full((20,), 0.5).log()  # each node accepted half the time: trees pay off
+    best = LatencyProfile(sizes, torch.tensor([true(int(t)) for t in sizes], dtype=torch.float64), 0.0, {})
+    target = best.best_budget(logp)
+    assert target > 4
+    # Prior corrupted: every tree 10x too slow -> plain steps first, probes find the truth, then trees.
+    slow_trees = LatencyProfile(
+        sizes, torch.tensor([true(1)] + [10 * true(int(t)) for t in sizes[1:]]), 0.0, {}
+    )
+    chosen = _steps(slow_trees, true, logp, 80)
+    assert chosen[0] == 0 and _share(chosen[8:], target) > 0.9  # a few probe steps aside
+    # Prior corrupted the other way: the plain step 10x too slow; trees are what they cost anyway.
+    slow_plain = LatencyProfile(
+        sizes, torch.tensor([10 * true(1)] + [true(int(t)) for t in sizes[1:]]), 0.0, {}
+    )
+    assert _share(_steps(slow_plain, true, logp, 80)[8:], target) > 0.9
+    # Trees really are slower than plain steps here (prior says free): the budget falls to plain decoding.
+    costly = lambda T: 1.0 if T == 1 else 3.0 + T  # noqa: E731
+    prof = LatencyProfile(sizes, torch.ones(len(sizes), dtype=torch.float64), 0.0, {})
+    chosen = _steps(prof, costly, logp, 80)
+    assert chosen[0] > 0 and _share(chosen[8:], 0) > 0.9
+    # One slow outlier does not move a size with enough observations (median).
+    for _ in range(5):
+        prof.observe(1, 1.0)
+    prof.observe(1, 50.0)
+    assert float(prof.estimate()[0]) == 1.0
 
 
 def test_auto_budget_stays_lossless():

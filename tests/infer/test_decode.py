@@ -121,3 +121,52 @@ def test_reduced_head_vocabulary_stays_lossless(oracle):
         assert out.tokens == ref.tolist()
         accepted.extend(out.accept_lengths)
     assert sum(accepted) / len(accepted) > 1.3
+
+
+@pytest.fixture(scope="module")
+def seq_oracle(oracle):
+    """Sequential (path-conditioned) oracle heads for the same model, prompts and continuations."""
+    family, model, _, prompts, conts = oracle
+    heads = fit_oracle_heads(
+        model,
+        [torch.cat([p[0], c]) for p, c in zip(prompts, conts)],
+        num_heads=3,
+        steps=60,
+        head_type="sequential",
+    )
+    return family, model, heads, prompts, conts
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        DecodeConfig(tree="static", max_new_tokens=NEW),
+        DecodeConfig(tree="dynamic", node_budget=16, top_m=4, max_new_tokens=NEW),
+        DecodeConfig(tree="dynamic", node_budget=5, top_m=2, depth=2, max_new_tokens=NEW),
+    ],
+    ids=["static", "dynamic16", "dynamic5-depth2"],
+)
+def test_sequential_heads_greedy_tree_decoding_equals_plain_generate(seq_oracle, cfg):
+    family, model, heads, prompts, conts = seq_oracle
+    assert heads.sequential
+    accepted, predicted = [], []
+    for prompt, ref in zip(prompts, conts):
+        out = generate(model, prompt, heads, cfg, eos=set())
+        assert out.tokens == ref.tolist(), f"{family}: sequential tree decoding diverged from model.generate"
+        accepted.extend(out.accept_lengths)
+        predicted.extend(out.predicted)
+    assert sum(accepted) / len(accepted) > 1.5
+    assert min(accepted) <= (cfg.depth or heads.num_heads)  # some drafts were rejected
+    assert all(1.0 <= p <= 1.0 + cfg.node_budget for p in predicted)
+
+
+def test_sequential_heads_read_the_path(seq_oracle):
+    """Head 1's candidates change with the root token: the drafts are conditioned on the path."""
+    family, model, heads, prompts, conts = seq_oracle
+    h = torch.randn(1, model.config.hidden_size)
+    emb = model.get_input_embeddings()
+    a = heads.head_logits(1, h, None, emb(torch.tensor([[5, 9]])))
+    b = heads.head_logits(1, h, None, emb(torch.tensor([[6, 9]])))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="path tokens"):
+        heads.head_logits(2, h, None, emb(torch.tensor([[5, 9]])))

@@ -6,7 +6,8 @@ from infer import generate as cli
 
 
 def _run(folders, capsys, *extra):
-    cli.main(["--model", str(folders / "model"), "--heads", str(folders / "heads"), *extra])
+    dtype = [] if "--dtype" in extra else ["--dtype", "float32"]
+    cli.main(["--model", str(folders / "model"), "--heads", str(folders / "heads"), *dtype, *extra])
     return capsys.readouterr().out
 
 
@@ -39,11 +40,21 @@ def test_compare_reports_identity_and_speedup(folders, capsys, tree):
     assert rec["identical"] is True
     assert rec["medusa_new_tokens"] == rec["plain_new_tokens"] > 0
     assert rec["speedup"] > 0 and rec["plain_tokens_per_step"] == 1.0
+    # against what users have: transformers' greedy generate and its prompt lookup decoding
+    assert rec["speedup_vs_hf_generate"] > 0 and rec["hf_prompt_lookup_tokens_per_s"] > 0
+
+
+def test_dtype_auto_measures_once_and_says_why(folders, capsys):
+    out = _run(folders, capsys, "--prompt", "hi", "--max-new-tokens", "4", "--dtype", "auto", "--quiet")
+    assert "dtype auto -> " in out and "ms in bfloat16 vs" in out and "CPU " in out
+    out = _run(folders, capsys, "--prompt", "hi", "--max-new-tokens", "4", "--dtype", "auto", "--quiet")
+    assert "(cached)" in out and "timing float32 and bfloat16" not in out
 
 
 def test_streams_text_and_stats(folders, capsys):
     out = _run(folders, capsys, "--prompt", "hello", "--max-new-tokens", "8", "--compare")
     assert ">>> hello" in out and "tokens/step" in out and "[compare] speedup" in out
+    assert "over transformers' generate" in out and "[hf-prompt-lookup]" in out
 
 
 def test_prompt_file_with_turns(folders, capsys, tmp_path):

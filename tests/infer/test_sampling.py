@@ -12,13 +12,21 @@ V = 8
 RUNS = 1500
 
 
-def _setup(temperature):
+def _setup(temperature, head_type="medusa"):
     model = tiny_model("llama", vocab_size=V, hidden_size=32, seed=3)
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(0.15)  # soft distributions: every token is likely
     torch.manual_seed(0)
-    heads = MedusaHeads(MedusaConfig(hidden_size=32, vocab_size=V, medusa_num_heads=2, layout="own_lm_head"))
+    heads = MedusaHeads(
+        MedusaConfig(
+            hidden_size=32, vocab_size=V, medusa_num_heads=2, layout="own_lm_head", head_type=head_type
+        )
+    )
     heads.init_from_lm_head(model.get_output_embeddings())
+    if heads.sequential:  # drafts that really depend on the path
+        with torch.no_grad():
+            for layer in heads.inputs:
+                layer.linear.weight.add_(torch.randn_like(layer.linear.weight) * 0.5)
     prompt = torch.tensor([[1, 4, 2, 6]])
     # Exact joint distribution of the first two new tokens at this temperature.
     with torch.no_grad():
@@ -51,9 +59,11 @@ def _pvalue(counts, expected_p):
     return chisquare(obs.numpy(), exp.numpy()).pvalue
 
 
-@pytest.mark.parametrize("tree", ["dynamic", "static"])
-def test_tree_sampling_matches_base_distribution(tree):
-    model, heads, prompt, joint = _setup(1.0)
+@pytest.mark.parametrize(
+    "tree,head_type", [("dynamic", "medusa"), ("static", "medusa"), ("dynamic", "sequential")]
+)
+def test_tree_sampling_matches_base_distribution(tree, head_type):
+    model, heads, prompt, joint = _setup(1.0, head_type)
     cfg = DecodeConfig(
         tree=tree, acceptance="sample", temperature=1.0, node_budget=6, top_m=3, max_new_tokens=3
     )

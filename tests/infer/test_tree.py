@@ -3,7 +3,16 @@ import itertools
 import pytest
 import torch
 
-from infer.tree import dynamic_tree, sparse_tree_from_accuracies, static_tree, tree_buffers, tree_tokens
+from infer.tree import (
+    conditional_static_tree,
+    conditional_tree,
+    dynamic_tree,
+    sparse_tree_from_accuracies,
+    static_tree,
+    top_nodes,
+    tree_buffers,
+    tree_tokens,
+)
 
 
 def test_static_tree_buffers_match_hand_drawn_tree():
@@ -89,3 +98,84 @@ def test_sparse_tree_from_accuracies_grows_by_product():
     assert choices[:3] == [(0,), (0, 0), (1,)]
     assert set(choices[3:]) == {(0, 1), (0, 0, 0)}
     static_tree(choices)  # every prefix present: a valid tree
+
+
+def _path_expand(m, vocab=50, seed=0):
+    """A deterministic path-conditioned drafter: children and their log-probs depend on the whole path."""
+    calls = []
+
+    def children(path):
+        g = torch.Generator().manual_seed(hash((seed, tuple(path))) % (2**31))
+        logp = torch.randn(vocab, generator=g).mul(2).log_softmax(-1).topk(m)
+        return logp.indices, logp.values
+
+    def expand(d, paths):
+        calls.append(paths.shape[0])
+        out = [children(p) for p in paths.tolist()]
+        return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
+
+    return expand, children, calls
+
+
+@pytest.mark.parametrize("K,m,n", [(1, 4, 3), (2, 3, 5), (3, 4, 20), (4, 3, 30), (3, 3, 39)])
+@pytest.mark.parametrize("seed", range(4))
+def test_conditional_tree_holds_the_n_best_paths_by_brute_force(K, m, n, seed):
+    expand, children, calls = _path_expand(m, seed=seed)
+    tree = conditional_tree(expand, torch.tensor(7), K, n)
+    # Brute force: every path of the product, scored by its conditional log-probs.
+    scores, stack = [], [((7,), 0.0)]
+    while stack:
+        path, score = stack.pop()
+        if len(path) > K:
+            continue
+        toks, logp = children(list(path))
+        for t, lp in zip(toks.tolist(), logp.tolist()):
+            if len(path) <= K:
+                scores.append(score + lp)
+                stack.append((path + (t,), score + lp))
+    best = sorted((s for s in scores), reverse=True)[:n]
+    assert sorted(tree.score[1:].tolist(), reverse=True) == pytest.approx(best, abs=1e-5)
+    # A tree whose tokens are the drafter's children of their parent's path, with path scores that add up.
+    T = tree.size
+    assert (tree.parents[1:] < torch.arange(1, T)).all()
+    assert torch.equal(tree.depth[1:], tree.depth[tree.parents[1:]] + 1)
+    for i in range(1, T):
+        path, j = [], int(tree.parents[i])
+        while j != 0:
+            path.insert(0, int(tree.tokens[j]))
+            j = int(tree.parents[j])
+        toks, logp = children([7] + path)
+        r = int(tree.rank[i])
+        assert int(tree.tokens[i]) == int(toks[r])
+        assert float(tree.score[i]) == pytest.approx(float(tree.score[tree.parents[i]] + logp[r]), abs=1e-5)
+    assert max(calls) <= n and len(calls) == K  # one batched call per depth, at most n frontier nodes
+
+
+def test_conditional_tree_with_shared_children_equals_dynamic_tree():
+    g = torch.Generator().manual_seed(3)
+    logp = torch.randn(3, 10, generator=g).log_softmax(-1).topk(4).values
+    a = dynamic_tree(logp, 12)
+    b = conditional_tree(lambda d, p: (torch.arange(4).expand(len(p), 4), logp[d].expand(len(p), 4)),
+                         torch.tensor(0), 3, 12)  # fmt: skip
+    for x, y in ((a.parents, b.parents), (a.depth, b.depth), (a.rank, b.rank), (a.score, b.score)):
+        assert torch.equal(x, y)
+
+
+def test_conditional_static_tree_and_top_nodes():
+    expand, children, _ = _path_expand(3, seed=1)
+    static = static_tree([(0,), (1,), (0, 0), (0, 2), (1, 0), (0, 0, 1)])
+    tree = conditional_static_tree(static, expand, torch.tensor(7))
+    t0 = children([7])[0]
+    assert tree.tokens[1:3].tolist() == t0[:2].tolist()
+    assert int(tree.tokens[4]) == int(children([7, int(t0[0])])[0][2])  # node (0, 2)
+    assert int(tree.tokens[5]) == int(children([7, int(t0[1])])[0][0])  # node (1, 0)
+    # top_nodes keeps the n best and stays a tree.
+    full = conditional_tree(expand, torch.tensor(7), 3, 20)
+    for n in (0, 1, 5, 19, 20):
+        cut = top_nodes(full, n)
+        assert cut.size == n + 1
+        assert (cut.parents[1:] < torch.arange(1, n + 1)).all()
+        ref = conditional_tree(expand, torch.tensor(7), 3, n) if n else None
+        if ref is not None:
+            assert sorted(cut.score.tolist()) == pytest.approx(sorted(ref.score.tolist()))
+            assert sorted(cut.tokens[1:].tolist()) == sorted(ref.tokens[1:].tolist())

@@ -217,3 +217,44 @@ def test_cli_end_to_end(tmp_path, capsys):
     alt = tmp_path / "alt.json"
     assert main([str(heads_dir), "--data", str(data), "--force", "--out", str(alt), "--no-plots"]) == 0
     assert json.loads(alt.read_text())["fitted_on"]["forced"] is True
+
+
+@pytest.mark.parametrize("head_type", ["medusa", "sequential"])
+def test_collect_decode_events_on_visited_positions(tmp_path, head_type):
+    """--events decode: one event row per tree step the real decoder took, at the root it ran the heads on;
+    depth k+1 counts only where depths 1..k were reachable (their true token in the head's top-m)."""
+    from infer.decode import DecodeConfig, generate
+    from train.calibrate import collect_decode, first_prompt
+
+    tok = tiny_tokenizer()
+    model = tiny_model("llama")
+    data = tmp_path / "conv.jsonl"
+    conversations(data, ["calib"] * 6)
+    records, _ = load_records(str(data), "calib")
+    prompts = [first_prompt(tok, r) for r in records]
+    conts = greedy_continuations(model, prompts, 20)
+    seqs = [torch.cat([p[0], c]) for p, c in zip(prompts, conts)]
+    heads = fit_oracle_heads(model, seqs[:3], num_heads=3, steps=40, head_type=head_type)
+    col = collect_decode(model, heads, tok, records, top_m=4, max_new_tokens=20, node_budget=8)
+    K, N, m = col["correct"].shape
+    assert (K, m) == (3, 4) and col["num_examples"] == 6
+    # one row per tree step of the same decode
+    cfg = DecodeConfig(tree="dynamic", node_budget=8, top_m=8, max_new_tokens=20)
+    steps = []
+    for p, c in zip(prompts, conts):
+        out = generate(model, p, heads, cfg, eos=set())
+        assert out.tokens == c.tolist()
+        steps.append(out.steps)
+    assert N == sum(steps)
+    v, reach = col["valid"], col["correct"].any(-1)
+    for k in range(1, K):  # a depth counts only below a reachable parent
+        assert not (v[k] & ~(v[k - 1] & reach[k - 1])).any()
+    assert v[0].sum() > 0.8 * N and v[K - 1].sum() < v[0].sum()
+    # labels: the first conversation's first step, head 0 = the greedy token after the root
+    hidden = model.get_decoder()(input_ids=prompts[0]).last_hidden_state[0, -1]
+    path = model.get_input_embeddings()(conts[0][:3])[None] if heads.sequential else None
+    logits = heads(hidden[None], None, path)[:, 0]  # [K, V]
+    top = logits.topk(4).indices[0]
+    assert col["correct"][0, 0].tolist() == (top == conts[0][1]).tolist()
+    cal = fit(col, fitted_on={"data": "tiny"})
+    assert cal.num_heads == 3

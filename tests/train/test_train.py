@@ -231,6 +231,31 @@ def test_reduced_head_vocabulary_training(assets):
         head_vocabulary(zero3, None, None, None, None)
 
 
+def test_sequential_heads_training(assets):
+    """heads.head_type=sequential: the cached and uncached paths agree (the cache holds the path tokens), the
+    heads load back as sequential, and each head reads embeddings of its path (teacher forcing)."""
+    from infer.heads import MedusaHeads
+
+    base = ["max_steps=3", "save_every=0", "head_type=sequential", "layout=shared_lm_head"]
+    plain, cached = str(assets["root"] / "s-plain"), str(assets["root"] / "s-cached")
+    m0 = run(assets, plain, *base)
+    feats = f"features_dir={assets['root'] / 's-features'}"
+    m1 = run(assets, cached, *base, "cache_features=true", feats)
+    assert [r["loss"] for r in read_log(plain) if "loss" in r] == pytest.approx(
+        [r["loss"] for r in read_log(cached) if "loss" in r], rel=1e-5
+    )
+    assert [h["top1"] for h in m0["heads"]] == pytest.approx([h["top1"] for h in m1["heads"]], abs=1e-4)
+    heads = MedusaHeads.from_pretrained(os.path.join(plain, "final"))
+    assert heads.sequential and heads.config.head_type == "sequential"
+    w = weights(plain)
+    H = heads.config.hidden_size
+    for k in range(
+        3
+    ):  # head k's input layer reads h and k+1 path embeddings, and training moved their weights
+        assert w[f"inputs.{k}.linear.weight"].shape == (H, (k + 2) * H)
+        assert w[f"inputs.{k}.linear.weight"][:, H:].abs().sum() > 0
+
+
 def test_push_to_hub_at_the_end_of_training(assets, monkeypatch):
     """output.push_to_hub: final/ goes to the (fake, local) Hub in one commit; a failed push names the retry command
     and leaves final/ in place; a malformed repo id is refused before any work."""
