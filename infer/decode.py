@@ -9,6 +9,7 @@ one hidden state they need. The model code knows nothing of speculation. Batch s
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,17 +49,20 @@ class DecodeConfig:
     max_new_tokens: int = 256  # stop after this many new tokens
     calibration: object | None = None  # infer.calibration.Calibration: .topk(logits [K, V], m) -> calibrated
     latency: object | None = None  # infer.budget.LatencyProfile: pick the budget (<= node_budget) each step
-    keep_hidden: bool = (
-        False  # record each tree step's root index and hidden state (decode-event calibration)
-    )
+    beam: int | None = None  # sequential heads: nodes of a depth that get children (None: node_budget, exact)
+    keep_hidden: bool = False  # record each tree step's root index and hidden state (calibration events)
 
     def __post_init__(self):
         if self.tree not in TREES:
             raise ValueError(f"tree must be one of {TREES}, got {self.tree!r}")
         if self.acceptance not in ACCEPTANCE:
             raise ValueError(f"acceptance must be one of {ACCEPTANCE}, got {self.acceptance!r}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.acceptance != "greedy" and self.temperature <= 0:
             raise ValueError(f"acceptance {self.acceptance!r} needs temperature > 0 (use greedy for 0)")
+        if self.depth is not None and self.depth < 1:
+            raise ValueError(f"depth must be >= 1 (heads used), got {self.depth}")
         if self.node_budget < 1 or self.top_m < 1 or self.max_new_tokens < 1:
             raise ValueError("node_budget, top_m and max_new_tokens must be >= 1")
 
@@ -266,6 +270,17 @@ def sequential_expand(heads, lm_head, embed, hidden: torch.Tensor, cfg: DecodeCo
     return expand
 
 
+def tree_room(cfg: DecodeConfig, heads) -> int:
+    """Cache positions a tree step may add beyond the accepted tokens: 0 for plain decoding, else at most the
+    node budget, and never more than the candidate paths that exist (sum over depths of top_m ** d)."""
+    if cfg.tree == "none" or heads is None:
+        return 0
+    depth = heads.num_heads if cfg.depth is None else min(cfg.depth, heads.num_heads)
+    if cfg.tree == "static":
+        return len(cfg.medusa_choices or DEFAULT_CHOICES) + 1
+    return min(cfg.node_budget, sum(cfg.top_m**d for d in range(1, depth + 1))) + 1
+
+
 def eos_ids(model, tokenizer=None) -> set[int]:
     ids = getattr(model.generation_config, "eos_token_id", None)
     ids = [ids] if isinstance(ids, int) else list(ids or [])
@@ -339,7 +354,7 @@ def generate(
 
     # Prefill: logits only at the last position; the heads on its hidden state.
     L = input_ids.shape[1]
-    check_window(model, L + cfg.max_new_tokens + cfg.node_budget + 1)
+    check_window(model, L + cfg.max_new_tokens + tree_room(cfg, heads))
     cache = DynamicCache()  # plain full-attention layers: the tree mask decides what each token sees
     hidden = forward_hidden(decoder, input_ids, cache, torch.arange(L, device=device)[None])[0, -1]  # [H]
     logits = project(model, lm_head, hidden)  # [V]
@@ -367,7 +382,7 @@ def generate(
             if static is not None:
                 tree = conditional_static_tree(static, expand, root_t)
             else:
-                tree = conditional_tree(expand, root_t, depth, cfg.node_budget)
+                tree = conditional_tree(expand, root_t, depth, cfg.node_budget, cfg.beam)
             t1 = t0 + timer[0]
         else:
             top_tokens, top_logp = head_candidates(heads, lm_head, hidden, cfg, top_m)  # [K, m] each
@@ -376,9 +391,7 @@ def generate(
         if static is not None and not heads.sequential:
             buffers = static_buffers
         else:
-            if (
-                static is None and cfg.latency is not None
-            ):  # auto budget: the best paths with the best tokens/s
+            if static is None and cfg.latency is not None:  # auto budget: the n best paths, best tokens/s
                 n = cfg.latency.best_budget(tree.score[1:].sort(descending=True).values)
                 tree = top_nodes(tree, n)
             buffers = static_buffers if static is not None else tree_buffers(tree)

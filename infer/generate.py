@@ -16,7 +16,7 @@ import sys
 import torch
 
 from .base import DEFAULT_MODEL, BaseModelError, load_base_model
-from .decode import ACCEPTANCE, TREES, DecodeConfig, DecodeResult, generate
+from .decode import ACCEPTANCE, TREES, DecodeConfig, DecodeResult, generate, tree_room
 from .heads import HeadsError, MedusaHeads
 from .tree import sparse_tree_from_accuracies
 
@@ -128,8 +128,12 @@ def read_prompts(path: str, limit: int | None = None, split: str | None = None) 
                     raise SystemExit(f"error: {path}:{i}: bad JSON ({e})") from e
                 if split is not None and rec.get("split") != split:
                     continue
-                turns = rec.get("turns") or ([rec["prompt"]] if "prompt" in rec else None)
-                if not turns or not all(isinstance(t, str) and t.strip() for t in turns):
+                turns = rec.get("turns") if "turns" in rec else ([rec["prompt"]] if "prompt" in rec else None)
+                if (
+                    not isinstance(turns, list)
+                    or not turns
+                    or not all(isinstance(t, str) and t.strip() for t in turns)
+                ):
                     raise SystemExit(
                         f"error: {path}:{i}: expected non-empty 'turns' (list of strings) or 'prompt'"
                     )
@@ -182,7 +186,19 @@ def stats_line(tag: str, r: DecodeResult) -> str:
 
 def decode_config(args, tree: str | None = None) -> DecodeConfig:
     acceptance = args.acceptance or ("sample" if args.temperature > 0 else "greedy")
-    choices = json.loads(args.medusa_choices) if args.medusa_choices else None
+    try:
+        choices = json.loads(args.medusa_choices) if args.medusa_choices else None
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"--medusa-choices: not JSON ({e}); expected a list of rank paths, e.g. [[0],[1],[0,0]]"
+        ) from None
+    if choices is not None and not (
+        isinstance(choices, list)
+        and all(isinstance(c, list) and c and all(isinstance(r, int) for r in c) for c in choices)
+    ):
+        raise ValueError(
+            "--medusa-choices: expected a JSON list of non-empty lists of ranks, e.g. [[0],[1],[0,0]]"
+        )
     auto = str(args.node_budget) == "auto"
     if not auto and not str(args.node_budget).isdigit():
         raise ValueError(f"--node-budget must be a positive integer or 'auto', got {args.node_budget!r}")
@@ -277,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run_turn(messages: list[dict]) -> str:
         ids = encode(tokenizer, messages, not args.no_chat_template).to(args.device)
-        if context and ids.shape[1] + args.max_new_tokens + cfg.node_budget + 1 > context:
+        if context and ids.shape[1] + args.max_new_tokens + tree_room(cfg, heads) > context:
             raise SystemExit(
                 f"error: prompt of {ids.shape[1]} tokens + {args.max_new_tokens} new tokens exceeds the model's "
                 f"context of {context}; shorten the prompt or lower --max-new-tokens"

@@ -69,7 +69,13 @@ def main(argv=None) -> None:
         seq = torch.cat([ids[0], torch.tensor(res.tokens, dtype=torch.long)])  # [T]
         with torch.no_grad():
             hidden = model.get_decoder()(seq[None]).last_hidden_state[0]  # [T, H]
-            top1 = heads.to_full_vocab(heads(hidden, model.get_output_embeddings()).argmax(-1))  # [K, T]
+            path = None
+            if heads.sequential:  # teacher forcing: head k at t reads the true tokens t+1 .. t+k+1
+                K = heads.num_heads
+                padded = torch.cat([seq, seq.new_zeros(K + 1)])
+                path = model.get_input_embeddings()(padded[1:].unfold(0, K, 1)[: seq.numel()])  # [T, K, H]
+            logits = heads(hidden, model.get_output_embeddings(), path)
+            top1 = heads.to_full_vocab(logits.argmax(-1))  # [K, T]
         visited = visited_positions(ids.shape[1], res.accept_lengths)
         total = total + score_positions(top1, seq, ids.shape[1] - 1, visited)
         predicted += res.predicted

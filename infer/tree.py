@@ -162,12 +162,15 @@ def dynamic_tree(topk_logp: torch.Tensor, num_nodes: int) -> Tree:
     return tree
 
 
-def conditional_tree(expand: Expand, root_token: torch.Tensor, depth: int, num_nodes: int) -> Tree:
+def conditional_tree(
+    expand: Expand, root_token: torch.Tensor, depth: int, num_nodes: int, beam: int | None = None
+) -> Tree:
     """The ``num_nodes`` most probable paths when each node's children come from ``expand`` (see module docstring).
 
     A path's score is the sum of its log-probabilities; scores never rise along a path, and ties go to the
     shallower node, so the kept set is closed under parents: a tree. Only the best ``num_nodes`` nodes of depth
     d-1 can have children among the overall best, so each depth expands at most that many (a beam, exact).
+    ``beam`` < num_nodes expands only that many per depth (cheaper drafting; exact for the best ``beam`` paths).
     """
     device = root_token.device
     scores, parents, ranks, depths, toks = [], [], [], [], []
@@ -185,9 +188,10 @@ def conditional_tree(expand: Expand, root_token: torch.Tensor, depth: int, num_n
         ranks.append(idx % m)
         depths.append(torch.full_like(idx, d + 1))
         toks.append(cand_tok.reshape(-1)[idx])
-        paths = torch.cat([paths[local], toks[-1][:, None]], 1)
+        width = best.numel() if beam is None else min(beam, best.numel())  # the next depth's frontier
+        paths = torch.cat([paths[local[:width]], toks[-1][:width, None]], 1)
         prev_start, total = total, total + best.numel()
-        prev_score = best
+        prev_score = best[:width]
     score, parent, rank, depth_, tok = (torch.cat(x) for x in (scores, parents, ranks, depths, toks))
     # Global top-n; stable sort keeps the shallower node first on ties, so parents rank before children.
     order = torch.sort(score, descending=True, stable=True).indices[:num_nodes]

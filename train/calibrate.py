@@ -168,10 +168,14 @@ def collect(
             log.info("collected %d conversations", used)
     if used == 0:
         raise CalibrationError("no conversation has an assistant token far enough in to score any head")
+    return _stack(parts, used, "base model greedy chain" if verify_with_model else "data tokens")
+
+
+def _stack(parts: dict, used: int, targets: str) -> dict:
+    """Per-chunk lists -> the collected statistics (see :func:`collect`)."""
     out = {k: torch.cat(v, 1 if k != "example" else 0) for k, v in parts.items()}
     out |= {"betas": BETAS.clone(), "num_examples": used, "top_m": out["top_logits"].shape[-1]}
-    out["targets"] = "base model greedy chain" if verify_with_model else "data tokens"
-    return out
+    return out | {"targets": targets}
 
 
 def first_prompt(tokenizer, record: dict, template: str | None = None) -> torch.Tensor | None:
@@ -254,10 +258,7 @@ def collect_decode(
             log.info("decoded %d conversations (%d steps, %.2f tokens/step)", used, steps, tokens / steps)
     if used == 0:
         raise CalibrationError("no conversation with a user turn to decode")
-    out = {k: torch.cat(v, 1 if k != "example" else 0) for k, v in parts.items()}
-    out |= {"betas": BETAS.clone(), "num_examples": used, "top_m": out["top_logits"].shape[-1]}
-    out["targets"] = "decode events: greedy path, parent reachable"
-    return out
+    return _stack(parts, used, "decode events: greedy path, parent reachable")
 
 
 # ---------------------------------------------------------------------------------------- data and checks

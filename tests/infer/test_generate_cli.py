@@ -76,6 +76,11 @@ def test_sampling_runs(folders, capsys):
         (["--prompt", "word " * 200], "exceeds the model's context"),
         (["--prompt", "hi", "--acceptance", "typical"], "temperature"),
         (["--prompt-file", "/nonexistent/prompts.txt"], "not found"),
+        (["--prompt", "hi", "--temperature", "-1"], "temperature must be a finite number >= 0"),
+        (["--prompt", "hi", "--temperature", "nan"], "temperature must be a finite number >= 0"),
+        (["--prompt", "hi", "--depth", "0"], "depth must be >= 1"),
+        (["--prompt", "hi", "--tree", "static", "--medusa-choices", "[[0],"], "--medusa-choices: not JSON"),
+        (["--prompt", "hi", "--tree", "static", "--medusa-choices", '"x"'], "--medusa-choices: expected"),
     ],
 )
 def test_clear_errors(folders, capsys, extra, message):
@@ -110,3 +115,22 @@ def test_read_prompts_by_split(tmp_path):
     assert len(read_prompts(str(f))) == 3
     with pytest.raises(SystemExit, match="no prompts .* with split 'calib'"):
         read_prompts(str(f), split="calib")
+
+
+def test_turns_must_be_a_list(tmp_path):
+    from infer.generate import read_prompts
+
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"turns": "Hello"}) + "\n")
+    with pytest.raises(SystemExit, match="expected non-empty 'turns'"):
+        read_prompts(str(f))
+
+
+def test_context_check_counts_the_tree_only_when_there_is_one(folders, capsys):
+    # The tiny model has a context of 160 and "hi" is 14 tokens: 146 new tokens fit with plain decoding ...
+    out = _run(folders, capsys, "--prompt", "hi", "--tree", "none", "--max-new-tokens", "146", "--json")
+    assert json.loads(out.strip().splitlines()[-1])["plain_new_tokens"] > 0
+    # ... and a huge node budget is bounded by the candidate paths that exist (3 heads, top-2: 14 nodes).
+    extra = ["--node-budget", "100000", "--top-m", "2", "--max-new-tokens", "120", "--json"]
+    out = _run(folders, capsys, "--prompt", "hi", *extra)
+    assert json.loads(out.strip().splitlines()[-1])["medusa_new_tokens"] > 0

@@ -28,3 +28,19 @@ def test_cli_runs_on_a_tiny_model(folders, calibrated_heads, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "where decoding queried the heads" in out and "tokens/step: predicted" in out
     assert len([line for line in out.splitlines() if line[:4].strip().isdigit()]) == 3  # one row per head
+
+
+def test_cli_runs_with_sequential_heads(folders, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello there\n")
+    argv = [
+        "--model",
+        str(folders / "model"),
+        "--heads",
+        str(folders / "seq_heads"),
+        "--prompts",
+        str(prompts),
+    ]
+    position_bias.main(argv + ["--max-new-tokens", "10", "--node-budget", "4"])
+    out = capsys.readouterr().out
+    assert len([line for line in out.splitlines() if line[:4].strip().isdigit()]) == 3

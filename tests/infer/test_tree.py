@@ -179,3 +179,15 @@ def test_conditional_static_tree_and_top_nodes():
         if ref is not None:
             assert sorted(cut.score.tolist()) == pytest.approx(sorted(ref.score.tolist()))
             assert sorted(cut.tokens[1:].tolist()) == sorted(ref.tokens[1:].tolist())
+
+
+def test_conditional_tree_beam_expands_fewer_nodes_and_keeps_the_best():
+    expand, _, calls = _path_expand(4, seed=2)
+    exact = conditional_tree(expand, torch.tensor(7), 3, 30)
+    calls.clear()
+    narrow = conditional_tree(expand, torch.tensor(7), 3, 30, beam=5)
+    assert max(calls) <= 5 and narrow.size == exact.size
+    best5 = sorted(exact.score[1:].tolist(), reverse=True)[:5]
+    assert sorted(narrow.score[1:].tolist(), reverse=True)[:5] == pytest.approx(best5)
+    assert (narrow.parents[1:] < torch.arange(1, narrow.size)).all()
+    assert torch.equal(narrow.depth[1:], narrow.depth[narrow.parents[1:]] + 1)
