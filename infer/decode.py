@@ -49,7 +49,10 @@ class DecodeConfig:
     max_new_tokens: int = 256  # stop after this many new tokens
     calibration: object | None = None  # infer.calibration.Calibration: .topk(logits [K, V], m) -> calibrated
     latency: object | None = None  # infer.budget.LatencyProfile: pick the budget (<= node_budget) each step
-    beam: int | None = None  # sequential heads: nodes of a depth that get children (None: node_budget, exact)
+    beam: int | None = 8  # sequential heads: nodes of a depth that get children (None: node_budget, exact)
+    min_mass: float = (
+        0.05  # sequential heads: no deeper head call when the frontier's path probabilities sum below
+    )
     keep_hidden: bool = False  # record each tree step's root index and hidden state (calibration events)
 
     def __post_init__(self):
@@ -382,7 +385,7 @@ def generate(
             if static is not None:
                 tree = conditional_static_tree(static, expand, root_t)
             else:
-                tree = conditional_tree(expand, root_t, depth, cfg.node_budget, cfg.beam)
+                tree = conditional_tree(expand, root_t, depth, cfg.node_budget, cfg.beam, cfg.min_mass)
             t1 = t0 + timer[0]
         else:
             top_tokens, top_logp = head_candidates(heads, lm_head, hidden, cfg, top_m)  # [K, m] each

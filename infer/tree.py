@@ -23,6 +23,7 @@ nodes -> (tokens [F, m], log-probs [F, m]) of each node's m candidate children, 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -163,7 +164,12 @@ def dynamic_tree(topk_logp: torch.Tensor, num_nodes: int) -> Tree:
 
 
 def conditional_tree(
-    expand: Expand, root_token: torch.Tensor, depth: int, num_nodes: int, beam: int | None = None
+    expand: Expand,
+    root_token: torch.Tensor,
+    depth: int,
+    num_nodes: int,
+    beam: int | None = None,
+    min_mass: float = 0.0,
 ) -> Tree:
     """The ``num_nodes`` most probable paths when each node's children come from ``expand`` (see module docstring).
 
@@ -171,6 +177,8 @@ def conditional_tree(
     shallower node, so the kept set is closed under parents: a tree. Only the best ``num_nodes`` nodes of depth
     d-1 can have children among the overall best, so each depth expands at most that many (a beam, exact).
     ``beam`` < num_nodes expands only that many per depth (cheaper drafting; exact for the best ``beam`` paths).
+    ``min_mass``: stop before a depth whose frontier's total path probability is below it (its children, whose
+    probabilities sum to at most that, could add no more than ``min_mass`` expected tokens: not worth a head call).
     """
     device = root_token.device
     scores, parents, ranks, depths, toks = [], [], [], [], []
@@ -178,6 +186,8 @@ def conditional_tree(
     prev_score = torch.zeros(1, device=device)  # the root
     prev_start, total = 0, 0  # global id of depth d-1's first node; nodes so far
     for d in range(depth):
+        if d > 0 and min_mass > 0 and float(torch.logsumexp(prev_score, 0)) < math.log(min_mass):
+            break
         cand_tok, cand_logp = expand(d, paths)  # [F, m] each
         m = cand_logp.shape[1]
         cand = (prev_score[:, None] + cand_logp).reshape(-1)  # [F * m]

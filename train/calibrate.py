@@ -218,7 +218,7 @@ def collect_decode(
 
     K = heads.num_heads
     device = next(model.parameters()).device
-    heads.to(device)
+    heads.to(device=device, dtype=next(model.parameters()).dtype)  # as served: the heads in the model's dtype
     hdtype = next(heads.parameters(), torch.empty(0)).dtype
     _, lm_head = decoder_and_head(model)
     embed = model.get_input_embeddings()

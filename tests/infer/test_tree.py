@@ -191,3 +191,16 @@ def test_conditional_tree_beam_expands_fewer_nodes_and_keeps_the_best():
     assert sorted(narrow.score[1:].tolist(), reverse=True)[:5] == pytest.approx(best5)
     assert (narrow.parents[1:] < torch.arange(1, narrow.size)).all()
     assert torch.equal(narrow.depth[1:], narrow.depth[narrow.parents[1:]] + 1)
+
+
+def test_conditional_tree_stops_where_the_frontier_mass_is_negligible():
+    expand, children, calls = _path_expand(4, seed=3)
+    mass = float(children([7])[1].exp().sum())  # depth 1's frontier: the root's 4 children
+    cut = conditional_tree(expand, torch.tensor(7), 4, 40, min_mass=mass * 1.01)
+    assert len(calls) == 1 and int(cut.depth.max()) == 1 and cut.size == 5
+    calls.clear()
+    conditional_tree(expand, torch.tensor(7), 4, 40, min_mass=mass * 0.99)
+    assert len(calls) >= 2
+    calls.clear()
+    conditional_tree(expand, torch.tensor(7), 4, 40, min_mass=1e-9)
+    assert len(calls) == 4
