@@ -61,9 +61,9 @@ class _Problem(Exception):
 
 
 class _BadJSON:
-    """Stands in for a JSONL line that did not parse."""
+    """Stands in for a JSONL line that did not parse (bad JSON, or bytes that are not UTF-8)."""
 
-    def __init__(self, error: json.JSONDecodeError):
+    def __init__(self, error: Exception):
         self.error = error
 
 
@@ -91,12 +91,14 @@ def iter_records(source: str, split: str = "train") -> Iterator[tuple[int, int |
 
 def _iter_jsonl(path: str) -> Iterator[tuple[int, int | None, Any]]:
     index = 0
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
+    with open(path, "rb") as f:  # decoded line by line: one bad byte spoils one record, not the file
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue  # blank lines are layout, not records
             try:
-                record: Any = json.loads(line)
+                record: Any = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                record = _BadJSON(ValueError(f"not UTF-8 text (byte {e.start} of the line)"))
             except json.JSONDecodeError as e:
                 record = _BadJSON(e)
             yield index, line_no, record
@@ -107,6 +109,8 @@ def _iter_json(path: str) -> Iterator[tuple[int, int | None, Any]]:
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start} of the file)") from None
         except json.JSONDecodeError as e:
             hint = " (is it JSON Lines? then name it .jsonl)" if "Extra data" in str(e) else ""
             raise ValueError(f"{path}: not valid JSON: {e}{hint}") from e

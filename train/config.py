@@ -14,6 +14,7 @@ lists (``[q_proj, v_proj]``) and checked against the field's type, so ``train.lr
 from __future__ import annotations
 
 import dataclasses
+import math
 import difflib
 import types
 import typing
@@ -165,8 +166,23 @@ class Recipe:
             raise RecipeError(f"data.eval_fraction must be in [0, 1), got {self.data.eval_fraction}")
         if not 0.0 <= self.train.warmup_ratio <= 1.0:
             raise RecipeError(f"train.warmup_ratio must be in [0, 1], got {self.train.warmup_ratio}")
-        if len(self.train.adam_betas) != 2:
-            raise RecipeError(f"train.adam_betas must be two numbers, got {self.train.adam_betas}")
+        if len(self.train.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.train.adam_betas):
+            raise RecipeError(f"train.adam_betas must be two numbers in [0, 1), got {self.train.adam_betas}")
+        finite_positive = {"train.lr": self.train.lr}
+        finite_non_negative = {
+            "train.weight_decay": self.train.weight_decay,
+            "train.max_grad_norm": self.train.max_grad_norm,
+            "train.num_epochs": self.train.num_epochs,
+            "heads.decay": self.heads.decay,
+        }
+        for name, value in finite_positive.items():
+            if not (math.isfinite(value) and value > 0):
+                raise RecipeError(f"{name} must be a finite number > 0, got {value}")
+        for name, value in finite_non_negative.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise RecipeError(f"{name} must be a finite number >= 0, got {value}")
+        if self.train.max_steps < 0:
+            raise RecipeError(f"train.max_steps must be >= 0 (0: use num_epochs), got {self.train.max_steps}")
         if self.train.max_steps <= 0 and self.train.num_epochs <= 0:
             raise RecipeError("set train.max_steps > 0 or train.num_epochs > 0")
         if self.mode == "medusa2" and self.train.cache_features:

@@ -30,6 +30,7 @@ import itertools
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -382,6 +383,11 @@ def main(argv=None):
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += out["loss"].detach() / t.gradient_accumulation_steps
             heads_sum += out["heads_loss"] / t.gradient_accumulation_steps
+        if not bool(torch.isfinite(loss_sum)):  # one host sync per step: a diverged run must not be saved
+            raise SystemExit(
+                f"training diverged at step {step + 1}: the loss is {float(loss_sum)} (train.lr={t.lr}); nothing of "
+                f"this step was saved; the last good checkpoint (if any) is in {out_dir}. Lower train.lr."
+            )
         train_time += time.time() - t0
         done = step + 1
         bar.update(1)
@@ -441,7 +447,10 @@ def push(cfg, final):
         kw = dict(private=o.hub_private, base_model=o.hub_base_model, endpoint=os.environ.get("HF_ENDPOINT"))
         result = push_to_hub(final, o.push_to_hub, **kw)
     except PushError as e:
-        return f"training finished, but {e}\nretry: python -m train.push {final} {o.push_to_hub}"
+        retry = f"python -m train.push {shlex.quote(final)} {o.push_to_hub}"
+        retry += " --private" * bool(o.hub_private)
+        retry += f" --base-model {shlex.quote(o.hub_base_model)}" if o.hub_base_model else ""
+        return f"training finished, but {e}\nretry: {retry}"
     print(f"pushed {final} to {o.push_to_hub}: {result.commit_url}")
     return None
 

@@ -181,3 +181,17 @@ def test_source_level_errors(tmp_path):
         load_conversations(str(tmp_path / "x.csv"))
     with pytest.raises(ValueError, match="no usable conversations"):
         load_conversations(write_json(tmp_path / "allbad.json", [BAD["no_assistant"][0]]), skip_bad=True)
+
+
+def test_non_utf8_record_is_named_and_skippable(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    good = json.dumps(GOOD).encode()
+    path.write_bytes(good + b"\n" + b'{"conversations": "caf\xe9"}\n' + good + b"\n")
+    with pytest.raises(DataError, match=r"record 1 \(line 2\): invalid JSON: not UTF-8 text"):
+        load_conversations(str(path))
+    records, stats = load_conversations(str(path), skip_bad=True)
+    assert len(records) == 2 and stats["skipped"] == 1
+    whole = tmp_path / "latin1.json"
+    whole.write_bytes(b'[{"conversations": "caf\xe9"}]')
+    with pytest.raises(ValueError, match="not UTF-8 text"):
+        load_conversations(str(whole))

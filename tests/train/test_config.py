@@ -75,6 +75,12 @@ def test_unknown_keys_are_errors():
         ({"heads": {"layout": "tied"}}, "heads.layout must be one of"),
         ({"mode": "medusa3"}, "mode must be one of"),
         ({"mode": "medusa2", "train": {"cache_features": True}}, "cache_features needs a frozen base"),
+        ({"train": {"max_steps": -5}}, "train.max_steps must be >= 0"),
+        ({"train": {"lr": float("inf")}}, "train.lr must be a finite number > 0"),
+        ({"train": {"lr": float("nan")}}, "train.lr must be a finite number > 0"),
+        ({"train": {"adam_betas": [0.9, 2.0]}}, r"train.adam_betas must be two numbers in \[0, 1\)"),
+        ({"heads": {"decay": -3}}, "heads.decay must be a finite number >= 0"),
+        ({"heads": {"head_type": "hydra"}}, "heads.head_type must be one of"),
     ],
 )
 def test_wrong_types_and_values_are_errors(raw, match):

@@ -256,6 +256,13 @@ def test_sequential_heads_training(assets):
         assert w[f"inputs.{k}.linear.weight"][:, H:].abs().sum() > 0
 
 
+def test_a_diverging_run_stops_without_saving(assets):
+    out = str(assets["root"] / "diverge")
+    with pytest.raises(SystemExit, match="training diverged at step"):
+        run(assets, out, "max_steps=6", "lr=1e30", "save_every=0", "eval_every=0")
+    assert not os.path.exists(os.path.join(out, "final"))
+
+
 def test_push_to_hub_at_the_end_of_training(assets, monkeypatch):
     """output.push_to_hub: final/ goes to the (fake, local) Hub in one commit; a failed push names the retry command
     and leaves final/ in place; a malformed repo id is refused before any work."""
@@ -271,8 +278,11 @@ def test_push_to_hub_at_the_end_of_training(assets, monkeypatch):
         assert {"config.json", "model.safetensors", "recipe.yaml", "metrics.json", "README.md"} <= files
         hub.fail["commit"] = 500
         failed = str(assets["root"] / "push-failed")
-        with pytest.raises(SystemExit, match=r"retry: python -m train.push .*final me/other-heads"):
-            run(assets, failed, *push, "push_to_hub=me/other-heads")
+        retry = (
+            r"retry: python -m train.push .*final me/other-heads --private --base-model HuggingFaceTB/SmolLM2"
+        )
+        with pytest.raises(SystemExit, match=retry):  # the retry keeps the visibility and the base model
+            run(assets, failed, *push, "push_to_hub=me/other-heads", "hub_private=true")
         assert os.path.exists(os.path.join(failed, "final", "model.safetensors"))
     bad = str(assets["root"] / "bad-repo")
     with pytest.raises(SystemExit):
