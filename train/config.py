@@ -14,8 +14,8 @@ lists (``[q_proj, v_proj]``) and checked against the field's type, so ``train.lr
 from __future__ import annotations
 
 import dataclasses
-import math
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
