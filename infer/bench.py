@@ -88,7 +88,12 @@ def parse_args(argv=None):
         help="auto mode: multiply the latency prior of every tree (or of the plain step) by 10",
     )
     p.add_argument("--top-m", type=int, default=8, help="dynamic trees: candidates per head")
-    p.add_argument("--max-nodes", type=int, default=64, help="auto mode: upper bound of the node budget")
+    p.add_argument(
+        "--max-nodes",
+        type=int,
+        default=32,
+        help="auto mode: upper bound of the node budget (default %(default)s)",
+    )
     p.add_argument("--warmup", type=int, default=1, help="prompts run first and not counted")
     p.add_argument("--out", default=None, help="also write the JSON lines to this file")
     p.add_argument(
@@ -174,7 +179,7 @@ def build_modes(args, model, heads, cal, cheap, prefix: str = "", baselines: boo
 class Totals:
     def __init__(self):
         self.tokens = self.steps = self.identical = self.runs = 0
-        self.time = self.tree = self.heads = self.predicted = 0.0
+        self.time = self.tree = self.heads = self.predicted = self.nodes = 0.0
         self.hist: dict[int, int] = {}
 
     def add(self, r: DecodeResult, same: bool):
@@ -185,6 +190,7 @@ class Totals:
         self.tree += r.time_tree
         self.heads += r.time_heads
         self.predicted += sum(r.predicted)
+        self.nodes += sum(t - 1 for t in r.tree_sizes)
         self.identical += same
         for a in r.accept_lengths:
             self.hist[a] = self.hist.get(a, 0) + 1
@@ -196,6 +202,7 @@ class Totals:
             "tree_share": self.tree / max(1e-9, self.time),
             "heads_share": self.heads / max(1e-9, self.time),
             "predicted_tokens_per_step": self.predicted / self.steps if self.predicted else None,
+            "nodes_per_step": self.nodes / self.steps if self.steps else None,
             "identical": f"{self.identical}/{self.runs}",
             "accept_hist": dict(sorted(self.hist.items())),
         }
@@ -208,15 +215,16 @@ def print_table(dtype: str, label: str, rows: dict) -> None:
     base = rows.get("plain", {}).get("tokens_per_s")
     print(f"\n## {dtype}: heads {label}")
     print(
-        f"{'mode':<26}{'tok/step':>9}{'pred':>7}{'err':>7}{'tok/s':>8}{'vs HF':>7}{'vs plain':>9}{'tree%':>7}"
+        f"{'mode':<26}{'nodes':>6}{'tok/step':>9}{'pred':>7}{'err':>7}{'tok/s':>8}{'vs HF':>7}{'vs plain':>9}{'tree%':>7}"
         f"{'heads%':>8}{'identical':>11}"
     )
     for m, r in rows.items():
-        tps, pred = r["tokens_per_step"], r["predicted_tokens_per_step"]
+        tps, pred, nodes = r["tokens_per_step"], r["predicted_tokens_per_step"], r.get("nodes_per_step")
         err = f"{100 * (pred / tps - 1):+.0f}%" if pred and tps else "-"
         cell = lambda b, r=r: f"{r['tokens_per_s'] / b:.2f}x" if b else "-"  # noqa: E731
+        fmt = lambda x: f"{x:.2f}" if x else "-"  # noqa: E731
         print(
-            f"{m:<26}{f'{tps:.2f}' if tps else '-':>9}{f'{pred:.2f}' if pred else '-':>7}{err:>7}"
+            f"{m:<26}{f'{nodes:.1f}' if nodes else '-':>6}{fmt(tps):>9}{fmt(pred):>7}{err:>7}"
             f"{r['tokens_per_s']:>8.1f}{cell(hf):>7}{cell(base):>9}"
             f"{100 * r['tree_share']:>6.1f}%{100 * r['heads_share']:>7.1f}%{r['identical']:>11}"
         )

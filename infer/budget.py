@@ -13,10 +13,10 @@ blindly (a machine that was busy while it was measured gives latencies off by 5-
 - it is measured with interleaved repetitions (median), and a profile in which a bigger tree is faster than a
   smaller one beyond noise (``MONOTONE_TOL``) is measured again; one that stays so is used monotone-smoothed
   and not cached; a cached one that fails the check is re-measured;
-- while decoding, :meth:`LatencyProfile.observe` records the step times actually seen per tree size (robust:
-  the median of the last few, the minimum while there are fewer than 3); sizes never seen are corrected by the
-  interpolated ratio observed/prior of their neighbours; a few probe steps at anchor sizes (plain step included)
-  keep every region observed, so if trees turn out slower than plain steps the budget falls to plain decoding.
+- while decoding, :meth:`LatencyProfile.observe` records each step's time as a ratio to the prior, pooled per size
+  class (1, 2-3, 4-7, ...: the median of the last 15), and the prior is corrected by its class's ratio
+  (interpolated between observed classes); a few probe steps at anchor sizes (plain step included) keep every class
+  observed, so if trees turn out slower than plain steps the budget falls to plain decoding.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .tree import dynamic_tree, tree_buffers
 
 DEFAULT_SIZES = list(range(1, 17)) + list(range(20, 65, 4))  # tree sizes T (root included) measured
 MONOTONE_TOL = 0.3  # a bigger tree may be at most 30 % faster than a smaller one (timer noise, kernel choice)
-WINDOW = 9  # step times kept per tree size
+WINDOW = 15  # observed/prior ratios kept per size class
 ANCHORS = (1, 2, 4, 8, 16, 32)  # tree sizes probed while decoding, fewest observations first
 PROBE_STEPS = (
     2,
@@ -57,32 +57,29 @@ class LatencyProfile:
     seconds: torch.Tensor  # [S] float: prior verify step latency (forward + projection) at each size
     heads_seconds: float  # prior of the per-step overhead: heads + tree building (constant in n)
     key: dict  # what was measured: model, dtype, device, threads, torch version, CPU capability
-    observed: list = field(default_factory=list, repr=False)  # per size: recent observed step times
+    observed: list = field(default_factory=list, repr=False)  # per size class: recent observed/prior ratios
     overhead: list = field(default_factory=list, repr=False)  # recent observed heads + tree times
     steps: int = 0  # best_budget calls so far (the probe schedule)
     probe: bool = True  # probe anchor sizes now and then (off: a pure argmax, for tests)
 
     def estimate(self) -> torch.Tensor:
-        """[S] current latency per size: observed where seen, the prior corrected by its neighbours' ratio
-        observed/prior (interpolated in log size) elsewhere, the prior alone before any observation."""
-        seen = [i for i, obs in enumerate(self.observed) if obs]
+        """[S] current latency per size: the prior times the observed/prior ratio of its size class (sizes
+        2^b .. 2^(b+1)-1 pool their observations, so one lucky or unlucky step does not single out a size),
+        interpolated between observed classes and held flat beyond them; the prior alone before any observation."""
+        self._ensure()
+        seen = [b for b, obs in enumerate(self.observed) if obs]
         if not seen:
             return self.seconds
-        robust = {i: _robust(self.observed[i]) for i in seen}
-        logs = [math.log(float(s)) for s in self.sizes]
-        ratio = {i: math.log(robust[i] / max(float(self.seconds[i]), 1e-12)) for i in seen}
+        ratio = {b: math.log(statistics.median(self.observed[b])) for b in seen}
         out = []
-        for i in range(len(self.sizes)):
-            if i in robust:
-                out.append(robust[i])
-                continue
-            lo = max((j for j in seen if j < i), default=None)
-            hi = min((j for j in seen if j > i), default=None)
-            if lo is None or hi is None:
+        for i, size in enumerate(self.sizes.tolist()):
+            b = _size_class(size)
+            lo = max((j for j in seen if j <= b), default=None)
+            hi = min((j for j in seen if j >= b), default=None)
+            if lo is None or hi is None or lo == hi:
                 r = ratio[hi if lo is None else lo]
             else:
-                w = (logs[i] - logs[lo]) / max(logs[hi] - logs[lo], 1e-12)
-                r = ratio[lo] + w * (ratio[hi] - ratio[lo])
+                r = ratio[lo] + (b - lo) / (hi - lo) * (ratio[hi] - ratio[lo])
             out.append(float(self.seconds[i]) * math.exp(r))
         return torch.tensor(out, dtype=torch.float64)
 
@@ -107,18 +104,21 @@ class LatencyProfile:
         if not anchors:
             return None
         self._ensure()
-        return min(anchors, key=lambda i: (len(self.observed[i]), i))
+        return min(anchors, key=lambda i: (len(self.observed[_size_class(sizes[i])]), i))
 
     def observe(self, size: int, verify_seconds: float, overhead_seconds: float = 0.0) -> None:
         """A decode step verified ``size`` tokens in ``verify_seconds`` (+ heads/tree ``overhead_seconds``)."""
         self._ensure()
-        i = min(int(torch.searchsorted(self.sizes, torch.tensor(size))), len(self.observed) - 1)
-        self.observed[i] = (self.observed[i] + [float(verify_seconds)])[-WINDOW:]
+        i = min(int(torch.searchsorted(self.sizes, torch.tensor(size))), len(self.sizes) - 1)
+        b = min(_size_class(size), len(self.observed) - 1)
+        ratio = float(verify_seconds) / max(float(self.seconds[i]), 1e-12)
+        self.observed[b] = (self.observed[b] + [ratio])[-WINDOW:]
         self.overhead = (self.overhead + [float(overhead_seconds)])[-WINDOW:]
 
     def _ensure(self) -> None:
-        if len(self.observed) != len(self.sizes):
-            self.observed = [[] for _ in range(len(self.sizes))]
+        classes = _size_class(int(self.sizes[-1])) + 1
+        if len(self.observed) != classes:
+            self.observed = [[] for _ in range(classes)]
 
     def to_dict(self) -> dict:
         return {
@@ -141,6 +141,11 @@ class LatencyProfile:
 def _robust(values: list[float]) -> float:
     """Few observations: the minimum (timing noise only ever adds); then the median (robust to outliers)."""
     return min(values) if len(values) < 3 else statistics.median(values)
+
+
+def _size_class(size: int) -> int:
+    """Tree sizes 1, 2-3, 4-7, 8-15, ... -> 0, 1, 2, 3, ..."""
+    return max(int(size), 1).bit_length() - 1
 
 
 def non_monotone(sizes, seconds, tol: float = MONOTONE_TOL) -> tuple[int, int] | None:

@@ -50,9 +50,7 @@ class DecodeConfig:
     calibration: object | None = None  # infer.calibration.Calibration: .topk(logits [K, V], m) -> calibrated
     latency: object | None = None  # infer.budget.LatencyProfile: pick the budget (<= node_budget) each step
     beam: int | None = 8  # sequential heads: nodes of a depth that get children (None: node_budget, exact)
-    min_mass: float = (
-        0.05  # sequential heads: no deeper head call when the frontier's path probabilities sum below
-    )
+    min_mass: float = 0.25  # sequential heads: no deeper head call once the frontier's path probs sum below
     keep_hidden: bool = False  # record each tree step's root index and hidden state (calibration events)
 
     def __post_init__(self):

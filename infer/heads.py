@@ -56,6 +56,12 @@ class MedusaConfig:
             raise HeadsError(f"head_type must be one of {HEAD_TYPES}, got {self.head_type!r}")
         if self.medusa_num_heads < 1 or self.medusa_num_layers < 0:
             raise HeadsError("medusa_num_heads must be >= 1 and medusa_num_layers >= 0")
+        if self.head_vocab is not None:
+            bad = [t for t in self.head_vocab if not (isinstance(t, int) and 0 <= t < self.vocab_size)]
+            if bad or len(set(self.head_vocab)) != len(self.head_vocab) or not self.head_vocab:
+                raise HeadsError(
+                    f"head_vocab must be distinct token ids in [0, {self.vocab_size}); bad: {bad[:5] or 'duplicates'}"
+                )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -218,17 +224,38 @@ class MedusaHeads(nn.Module):
     ) -> MedusaHeads:
         """Load from a local folder or a Hub id; either our format or the original Medusa-1 layout."""
         folder = resolve_heads_path(name_or_path, revision=revision, token=token)
-        if not os.path.exists(os.path.join(folder, CONFIG_NAME)):
+        cfg_path, weights = os.path.join(folder, CONFIG_NAME), os.path.join(folder, WEIGHTS_NAME)
+        if not os.path.exists(cfg_path):
             raise HeadsError(f"{folder}: no {CONFIG_NAME}; not a heads folder")
-        with open(os.path.join(folder, CONFIG_NAME)) as f:
-            raw = json.load(f)
+        try:
+            with open(cfg_path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise HeadsError(f"{cfg_path}: not a JSON heads config ({e})") from None
+        if not isinstance(raw, dict):
+            raise HeadsError(f"{cfg_path}: expected a JSON object, got {type(raw).__name__}")
         is_medusa1 = raw.get("model_type") != "medusa_heads" and "hidden_size" not in raw
         if is_medusa1 and any(os.path.exists(os.path.join(folder, n)) for n in MEDUSA1_FILES):
             return load_medusa1(folder)
-        heads = cls(MedusaConfig.from_dict(raw))
-        if not os.path.exists(os.path.join(folder, WEIGHTS_NAME)):
+        config = MedusaConfig.from_dict(raw)
+        if not os.path.exists(weights):
             raise HeadsError(f"{folder}: no {WEIGHTS_NAME}")
-        state = load_file(os.path.join(folder, WEIGHTS_NAME))
+        expected = _expected_shapes(config)
+        try:  # the file's header first: a wrong config must not allocate its (maybe huge) module
+            from safetensors import safe_open
+
+            with safe_open(weights, framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as e:  # truncated or not safetensors at all
+            raise HeadsError(f"{weights}: not a readable safetensors file ({e})") from None
+        if shapes != expected:
+            diff = sorted(set(shapes.items()) ^ set(expected.items()))[:4]
+            raise HeadsError(f"{weights}: weights do not match {CONFIG_NAME} (first differences: {diff})")
+        heads = cls(config)
+        try:
+            state = load_file(weights)
+        except Exception as e:
+            raise HeadsError(f"{weights}: not a readable safetensors file ({e})") from None
         missing, unexpected = heads.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise HeadsError(
@@ -251,6 +278,22 @@ class MedusaHeads(nn.Module):
                 f"heads expect a vocabulary of {self.config.vocab_size}, base model has {vocab} "
                 f"(heads were trained for {self.config.base_model_name_or_path or 'another model'})"
             )
+
+
+def _expected_shapes(config: MedusaConfig) -> dict[str, tuple[int, ...]]:
+    """State-dict key -> shape of the heads ``config`` describes (computed, nothing allocated)."""
+    K, L, H, V = config.medusa_num_heads, config.medusa_num_layers, config.hidden_size, config.vocab_size
+    out = {}
+    for k in range(K):
+        for layer in range(L):
+            out[f"blocks.{k}.{layer}.linear.weight"] = (H, H)
+            out[f"blocks.{k}.{layer}.linear.bias"] = (H,)
+        if config.layout == "own_lm_head":
+            out[f"lm_heads.{k}.weight"] = (V, H)
+        if config.head_type == "sequential":
+            out[f"inputs.{k}.linear.weight"] = (H, (k + 2) * H)
+            out[f"inputs.{k}.linear.bias"] = (H,)
+    return out
 
 
 def resolve_heads_path(name_or_path: str, revision: str | None = None, token: str | None = None) -> str:

@@ -84,8 +84,9 @@ def save_checkpoint(accelerator, model, cfg, name, trainer_state, metrics, with_
 
 
 # recipe keys that may change between a run and its resumption: they do not change what the weights become
+# (data.eval_fraction / eval_data / eval_split do: they decide which records are held out of training)
 RESUME_FREE = ("output.", "train.stop_after_steps", "train.eval_every", "train.log_every", "train.eval_batch_size",
-               "train.features_dir", "data.cache_dir", "data.num_proc", "data.calib_", "data.eval_", "data.max_eval_")  # fmt: skip
+               "train.features_dir", "data.cache_dir", "data.num_proc", "data.calib_", "data.max_eval_")  # fmt: skip
 
 
 def recipe_changes(checkpoint: str, current: dict) -> list[str]:

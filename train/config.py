@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -364,4 +365,7 @@ def flatten(d, prefix: str = "") -> dict:
 
 def load_recipe(path: str, overrides: list[str] | None = None) -> Recipe:
     """recipes/<name>.yaml + ``key=value`` overrides -> the resolved, validated Recipe."""
+    if not os.path.isfile(path):
+        what = "a folder" if os.path.isdir(path) else "not found"
+        raise RecipeError(f"recipe {path!r}: {what}; pass a recipe file, e.g. recipes/smollm2-135m.yaml")
     return Recipe.from_yaml(path, overrides)

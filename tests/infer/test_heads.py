@@ -126,3 +126,33 @@ def test_reduced_head_vocab_maps_back_to_full_ids():
     assert logits.shape == (3, 4)
     idx = logits.argmax(-1)
     assert set(heads.to_full_vocab(idx).tolist()) <= set(vocab)
+
+
+def test_damaged_heads_folders_get_one_clear_error(tmp_path):
+    import json
+
+    import pytest
+
+    from infer.heads import HeadsError, MedusaConfig, MedusaHeads
+
+    good = tmp_path / "good"
+    MedusaHeads(MedusaConfig(hidden_size=16, vocab_size=40, medusa_num_heads=2)).save_pretrained(str(good))
+    cfg = json.loads((good / "config.json").read_text())
+    weights = (good / "model.safetensors").read_bytes()
+
+    def folder(name, config=None, data=weights):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(config if isinstance(config, str) else json.dumps(config or cfg))
+        (d / "model.safetensors").write_bytes(data)
+        return str(d)
+
+    with pytest.raises(HeadsError, match="config.json: not a JSON heads config"):
+        MedusaHeads.from_pretrained(folder("notjson", "{oops"))
+    with pytest.raises(HeadsError, match="model.safetensors: not a readable safetensors file"):
+        MedusaHeads.from_pretrained(folder("truncated", data=weights[: len(weights) // 2]))
+    # A config claiming 100 huge heads is refused from the file's header, before anything is allocated.
+    with pytest.raises(HeadsError, match="weights do not match config.json"):
+        MedusaHeads.from_pretrained(folder("huge", cfg | {"medusa_num_heads": 100, "hidden_size": 4096}))
+    with pytest.raises(HeadsError, match=r"head_vocab must be distinct token ids in \[0, 40\)"):
+        MedusaHeads.from_pretrained(folder("vocab", cfg | {"head_vocab": [1, 2, 99]}))
