@@ -21,6 +21,8 @@ demo: install
 		--prompt "Explain in three sentences why the sky is blue."
 
 test: install
+	# lint first (seconds), then the suite
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 	$(PY) -m pytest -q tests
 
 lint:
