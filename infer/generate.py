@@ -126,8 +126,12 @@ def read_prompts(path: str, limit: int | None = None, split: str | None = None) 
     if not os.path.exists(path):
         raise SystemExit(f"error: prompt file not found: {path}")
     convs = []
-    with open(path) as f:
-        for i, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SystemExit(f"error: {path}:{i}: not UTF-8 text (byte {e.start} of the line)") from None
             if not line.strip():
                 continue
             if path.endswith(".jsonl"):
@@ -135,6 +139,10 @@ def read_prompts(path: str, limit: int | None = None, split: str | None = None) 
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise SystemExit(f"error: {path}:{i}: bad JSON ({e})") from e
+                if not isinstance(rec, dict):
+                    raise SystemExit(
+                        f"error: {path}:{i}: expected a JSON object with 'turns' or 'prompt', got {type(rec).__name__}"
+                    )
                 if split is not None and rec.get("split") != split:
                     continue
                 turns = rec.get("turns") if "turns" in rec else ([rec["prompt"]] if "prompt" in rec else None)
@@ -227,6 +235,11 @@ def decode_config(args, tree: str | None = None) -> DecodeConfig:
 
 def load(args):
     """-> (model, tokenizer, heads or None), with every failure turned into one clear message."""
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(
+            f"error: --device {args.device}, but this torch has no usable CUDA (torch {torch.__version__}); "
+            "use --device cpu"
+        )
     try:
         model, tokenizer = load_base_model(
             args.model, args.dtype, args.revision, args.trust_remote_code, args.device

@@ -78,6 +78,9 @@ def main(argv=None) -> int:
 
     from infer.base import load_base_model
 
+    out = args.out or f"{args.heads.rstrip('/')}-v{args.size}"
+    if os.path.exists(out) and os.path.samefile(out, args.heads):  # before anything is written
+        p.error("--out is the input heads folder: write the restricted copy to a new folder")
     heads = MedusaHeads.from_pretrained(args.heads)
     _, tokenizer = load_base_model(args.model or heads.config.base_model_name_or_path or None)
     counts = token_counts(tokenizer, load_records(args.data, args.split))
@@ -88,7 +91,6 @@ def main(argv=None) -> int:
     vocab = choose_vocab(counts, args.size, always)
     heads.config.head_vocab = vocab
     heads.head_vocab = torch.tensor(vocab, dtype=torch.long)
-    out = args.out or f"{args.heads.rstrip('/')}-v{args.size}"
     heads.save_pretrained(out)
     for extra in ("calibration.json", "recipe.yaml", "metrics.json"):
         src = os.path.join(args.heads, extra)

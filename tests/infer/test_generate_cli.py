@@ -124,6 +124,21 @@ def test_turns_must_be_a_list(tmp_path):
     f.write_text(json.dumps({"turns": "Hello"}) + "\n")
     with pytest.raises(SystemExit, match="expected non-empty 'turns'"):
         read_prompts(str(f))
+    f.write_text(json.dumps(["a", "list"]) + "\n")
+    with pytest.raises(SystemExit, match=r"p.jsonl:1: expected a JSON object"):
+        read_prompts(str(f))
+    f.write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(SystemExit, match=r"p.jsonl:2: not UTF-8 text"):
+        read_prompts(str(f))
+
+
+def test_cuda_device_without_cuda_is_one_clear_error(folders, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit, match="no usable CUDA"):
+        _run(folders, capsys, "--prompt", "hi", "--device", "cuda")
 
 
 def test_context_check_counts_the_tree_only_when_there_is_one(folders, capsys):
