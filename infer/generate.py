@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     eos = {model.generation_config.eos_token_id, tokenizer.eos_token_id} - {None}
     eos = {e for x in eos for e in (x if isinstance(x, list) else [x])}
 
-    def run_turn(messages: list[dict]) -> str:
+    def run_turn(messages: list[dict], where: dict | None = None) -> str:
         ids = encode(tokenizer, messages, not args.no_chat_template).to(args.device)
         if context and ids.shape[1] + args.max_new_tokens + tree_room(cfg, heads) > context:
             raise SystemExit(
@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         out = generate(model, ids, heads, cfg, eos=eos, on_tokens=streamer, generator=generator)
         if streamer.enabled:
             print()
-        record = {"prompt_tokens": ids.shape[1], **summary(out, "medusa" if heads is not None else "plain")}
+        record = {**(where or {}), "prompt_tokens": ids.shape[1]}
+        record |= summary(out, "medusa" if heads is not None else "plain")
         if args.compare and heads is not None:
             from .baselines import run_baseline
 
@@ -390,15 +391,16 @@ def main(argv: list[str] | None = None) -> int:
             messages.append({"role": "user", "content": text})
             messages.append({"role": "assistant", "content": run_turn(messages)})
         return 0
-    for turns in convs:
+    for index, turns in enumerate(convs):
         messages = list(base_messages)
-        for turn in turns:
+        for turn_no, turn in enumerate(turns):
             if not turn.strip():
                 raise SystemExit("error: empty prompt")
             messages.append({"role": "user", "content": turn})
             if not (args.quiet or args.json):
                 print(f">>> {turn}")
-            messages.append({"role": "assistant", "content": run_turn(messages)})
+            where = {"prompt_index": index, "turn": turn_no}
+            messages.append({"role": "assistant", "content": run_turn(messages, where)})
     return 0
 
 

@@ -274,7 +274,7 @@ def load_records(path: str, split: str | None = None, skip_bad: bool = False) ->
         records, _ = load_conversations(path, skip_bad=skip_bad, split=split or "train")
         return records, [split or "train"] * len(records)
     stem = os.path.splitext(os.path.basename(path))[0]
-    records, splits, seen = [], [], set()
+    records, splits, seen, skipped = [], [], set(), 0
     for index, line, raw in iter_records(path):
         s = raw.get("split", "train") if isinstance(raw, dict) else "train"
         seen.add(s)
@@ -284,10 +284,14 @@ def load_records(path: str, split: str | None = None, skip_bad: bool = False) ->
             records.append(normalise_record(raw, index, default_id=f"{stem}-{index}"))
         except Exception as e:
             if skip_bad:
+                skipped += 1
+                log.warning("%s: record %d skipped: %s", path, index, e)
                 continue
             where = f"record {index}" + (f" (line {line})" if line else "")
             raise CalibrationError(f"{path}: {where}: {e} (--skip-bad to skip such records)") from None
         splits.append(s)
+    if skipped:
+        log.warning("%s: skipped %d bad record(s) (--skip-bad), kept %d", path, skipped, len(records))
     if not records:
         raise CalibrationError(
             f"{path}: no usable conversations with split {split!r} (splits: {sorted(seen)})"

@@ -132,6 +132,19 @@ def main(argv=None):
         cfg = load_recipe(args.recipe, args.overrides)
     except RecipeError as e:
         parser.error(str(e))
+    missing = [
+        f"{key}: {path}"
+        for key, path in (
+            ("data.path", cfg.data.path),
+            ("data.eval_data", cfg.data.eval_data),
+            ("data.calib_data", cfg.data.calib_data),
+        )  # fmt: skip
+        if path and path.endswith((".json", ".jsonl")) and not os.path.exists(path)
+    ]
+    if missing:  # before any model is downloaded or loaded
+        parser.error(
+            f"data file not found: {'; '.join(missing)} (see the recipe's header for how to make it)"
+        )
     if args.dry_run:
         print(cfg.to_yaml(header=f"resolved from {args.recipe}"), end="")
         return None

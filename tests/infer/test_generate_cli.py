@@ -61,7 +61,8 @@ def test_prompt_file_with_turns(folders, capsys, tmp_path):
     f = tmp_path / "q.jsonl"
     f.write_text(json.dumps({"question_id": 1, "turns": ["first question", "a follow-up"]}) + "\n")
     out = _run(folders, capsys, "--prompt-file", str(f), "--json", "--max-new-tokens", "6")
-    assert len([line for line in out.splitlines() if line.startswith("{")]) == 2  # one line per turn
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(r["prompt_index"], r["turn"]) for r in lines] == [(0, 0), (0, 1)]  # one line per turn
 
 
 def test_sampling_runs(folders, capsys):

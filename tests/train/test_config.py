@@ -136,3 +136,18 @@ def test_cli_dry_run(how):
     assert resolved["train"]["lr"] == 0.5 and resolved["train"]["max_steps"] == 3
     bad = subprocess.run(cmd[:-1] + ["nope=1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "unknown override key 'nope'" in bad.stderr
+
+
+def test_missing_data_and_recipe_files_fail_before_any_model_loads(tmp_path, capsys):
+    from train.medusa import main
+
+    with pytest.raises(
+        SystemExit
+    ):  # the 7B recipe's distilled data is not shipped: named, with where to look
+        main(["recipes/vicuna7b-sequential.yaml", "--dry-run"])
+    err = capsys.readouterr().err
+    assert "data file not found: data.path: data/sharegpt_vicuna_distilled.json" in err and "header" in err
+    for path in (str(tmp_path / "nope.yaml"), str(tmp_path)):
+        with pytest.raises(SystemExit):
+            main([path])
+        assert "recipe" in capsys.readouterr().err
