@@ -92,9 +92,11 @@ def load_base_model(
     trust_remote_code: bool = False,
     device: str | torch.device = "cpu",
     verbose: bool = True,
+    purpose: str = "decode",
 ):
     """-> (model, tokenizer). ``name_or_path=None`` means the embedded default. ``dtype="auto"``: the faster dtype
-    on this machine, by measurement (:mod:`infer.hardware`); the choice and its reason are printed."""
+    on this machine for ``purpose`` ("decode" or "train"), by measurement (:mod:`infer.hardware`); the choice and its
+    reason are printed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     auto = dtype == "auto"
@@ -115,7 +117,7 @@ def load_base_model(
     if auto:
         from .hardware import choose_dtype
 
-        chosen, reason = choose_dtype(model, device, verbose=verbose)
+        chosen, reason = choose_dtype(model, device, verbose=verbose, purpose=purpose)
         if verbose:
             print(f"dtype auto -> {reason}", flush=True)
         model.to(chosen)

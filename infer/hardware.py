@@ -5,7 +5,10 @@ bfloat16 halves the weights' memory traffic, but it is fast on a CPU only where 
 in bf16 against ~2x in float32. On a GPU, bf16 (or fp16 where bf16 is unsupported) is always the faster choice.
 
 On a CPU :func:`choose_dtype` times a one-token step and a 17-token tree step in float32 and in bfloat16,
-interleaved and repeated (median), and keeps the dtype with the smaller sum. The decision is cached per (model,
+interleaved and repeated (median), and keeps the dtype with the smaller cost for the purpose: ``decode`` (generation)
+takes the better of a plain step per token and a tree step that yields 2 tokens (min(t1, t17 / 2)); ``train``
+(feature caching, batched forwards) takes the 17-token step. Without native bf16 the two can disagree: a one-token
+bf16 step may be the fastest of all while a 17-token one costs 7x it. The decision is cached per (purpose, model,
 device, threads, torch version, CPU capability) under ``$MEDUSA_CACHE/dtype`` and says which and why.
 """
 
@@ -40,9 +43,18 @@ def cpu_flags() -> list[str]:
     return out + [f"torch:{cap}"]
 
 
-def _key(model, device) -> dict:
+PURPOSES = ("decode", "train")
+
+
+def _cost(purpose: str, t1: float, t17: float) -> float:
+    """Seconds per token the purpose can expect: decoding takes the better of plain steps and trees of ~2 tokens."""
+    return min(t1, t17 / 2) if purpose == "decode" else t17
+
+
+def _key(model, device, purpose: str) -> dict:
     cfg = model.config.to_json_string(use_diff=False)
     return {
+        "purpose": purpose,
         "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
         "model_hash": hashlib.sha256(cfg.encode()).hexdigest()[:16],
         "device": str(torch.device(device)),
@@ -82,8 +94,17 @@ def step_latency(model, sizes=STEP_SIZES, reps: int = 5, prefix_len: int = 128) 
     return runs
 
 
-def choose_dtype(model, device="cpu", cache_dir: str | None = None, force: bool = False, verbose=True):
+def choose_dtype(
+    model,
+    device="cpu",
+    cache_dir: str | None = None,
+    force: bool = False,
+    verbose=True,
+    purpose: str = "decode",
+):
     """A float32 model -> (dtype, reason). GPUs: bfloat16 (float16 without bf16 support); CPUs: by measurement."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
     dev = torch.device(device)
     if dev.type == "cuda":
         bf16 = torch.cuda.is_bf16_supported()
@@ -92,7 +113,7 @@ def choose_dtype(model, device="cpu", cache_dir: str | None = None, force: bool 
         return torch.float32, f"{dev.type}: float32 (no measurement for this device)"
     from .base import cache_root
 
-    key = _key(model, device)
+    key = _key(model, device, purpose)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = os.path.join(cache_dir or os.path.join(cache_root(), "dtype"), f"dtype-{digest}.json")
     if not force and os.path.exists(path):
@@ -107,11 +128,11 @@ def choose_dtype(model, device="cpu", cache_dir: str | None = None, force: bool 
     for name, m in (("float32", model), ("bfloat16", half)):
         medians[name] = [statistics.median(r) for r in step_latency(m)]
     del half
-    best = min(medians, key=lambda n: sum(medians[n]))
+    best = min(medians, key=lambda n: _cost(purpose, *medians[n]))
     ms = lambda n: "/".join(f"{1000 * s:.0f}" for s in medians[n])  # noqa: E731
     reason = (
-        f"{best}: 1-token/17-token step {ms('bfloat16')} ms in bfloat16 vs {ms('float32')} ms in float32 "
-        f"(CPU {' '.join(key['cpu'])})"
+        f"{best} for {purpose}: 1-token/17-token step {ms('bfloat16')} ms in bfloat16 vs {ms('float32')} ms in "
+        f"float32 (CPU {' '.join(key['cpu'])})"
     )
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:

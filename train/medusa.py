@@ -200,7 +200,7 @@ def main(argv=None):
     # ---- base model and data
     m = cfg.model
     base, tokenizer = load_base_model(
-        m.name_or_path, m.dtype, m.revision, m.trust_remote_code, accelerator.device
+        m.name_or_path, m.dtype, m.revision, m.trust_remote_code, accelerator.device, purpose="train"
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
