@@ -39,6 +39,7 @@ DEFAULT_SIZES = list(range(1, 17)) + list(range(20, 65, 4))  # tree sizes T (roo
 MONOTONE_TOL = 0.3  # a bigger tree may be at most 30 % faster than a smaller one (timer noise, kernel choice)
 WINDOW = 15  # observed/prior ratios kept per size class
 ANCHORS = (1, 2, 4, 8, 16, 32)  # tree sizes probed while decoding, fewest observations first
+RECHECK = 8  # while plain steps win, draft again every this many steps to see whether trees pay now
 PROBE_STEPS = (
     2,
     4,
@@ -61,6 +62,8 @@ class LatencyProfile:
     overhead: list = field(default_factory=list, repr=False)  # recent observed heads + tree times
     steps: int = 0  # best_budget calls so far (the probe schedule)
     probe: bool = True  # probe anchor sizes now and then (off: a pure argmax, for tests)
+    skipping: bool = False  # the last draft said plain steps win: decode without drafting for a while
+    skipped: int = 0  # plain steps taken since
 
     def estimate(self) -> torch.Tensor:
         """[S] current latency per size: the prior times the observed/prior ratio of its size class (sizes
@@ -91,9 +94,21 @@ class LatencyProfile:
         ).double()  # [N + 1]: E(n) - 1
         n = (self.sizes - 1).clamp(max=probs.numel() - 1)  # [S]
         overhead = _robust(self.overhead) if self.overhead else self.heads_seconds
-        rate = (1.0 + probs[n]) / (self.estimate() + overhead)
+        est = self.estimate()
+        rate = (1.0 + probs[n]) / (est + overhead)
+        rate[n == 0] = 1.0 / est[n == 0]  # a plain step that skips drafting pays no drafting cost
+        best = int(rate.argmax())
+        self.skipping, self.skipped = bool(n[best] == 0), 0
         i = self._probe()
-        return int(n[int(rate.argmax()) if i is None else i])
+        return int(n[best if i is None else i])
+
+    def want_draft(self) -> bool:
+        """False while plain steps win (the last draft chose n = 0): decode without drafting, re-checking with a
+        draft every RECHECK plain steps."""
+        if not self.skipping:
+            return True
+        self.skipped += 1
+        return self.skipped % RECHECK == 0
 
     def _probe(self) -> int | None:
         """On the probe schedule: the anchor size observed least (smallest first), else None."""
@@ -106,14 +121,16 @@ class LatencyProfile:
         self._ensure()
         return min(anchors, key=lambda i: (len(self.observed[_size_class(sizes[i])]), i))
 
-    def observe(self, size: int, verify_seconds: float, overhead_seconds: float = 0.0) -> None:
-        """A decode step verified ``size`` tokens in ``verify_seconds`` (+ heads/tree ``overhead_seconds``)."""
+    def observe(self, size: int, verify_seconds: float, overhead_seconds: float | None = None) -> None:
+        """A decode step verified ``size`` tokens in ``verify_seconds`` (+ heads/tree ``overhead_seconds`` when it
+        drafted)."""
         self._ensure()
         i = min(int(torch.searchsorted(self.sizes, torch.tensor(size))), len(self.sizes) - 1)
         b = min(_size_class(size), len(self.observed) - 1)
         ratio = float(verify_seconds) / max(float(self.seconds[i]), 1e-12)
         self.observed[b] = (self.observed[b] + [ratio])[-WINDOW:]
-        self.overhead = (self.overhead + [float(overhead_seconds)])[-WINDOW:]
+        if overhead_seconds is not None:
+            self.overhead = (self.overhead + [float(overhead_seconds)])[-WINDOW:]
 
     def _ensure(self) -> None:
         classes = _size_class(int(self.sizes[-1])) + 1

@@ -365,12 +365,17 @@ def generate(
 
     while not done:
         prefix = cache.get_seq_length()
-        if plain:
+        auto = static is None and cfg.latency is not None and hasattr(cfg.latency, "want_draft")
+        if plain or (auto and not cfg.latency.want_draft()):  # plain step (auto: while trees do not pay)
             t0 = _now(device)
             ids = torch.tensor([[root]], device=device)
             hidden = forward_hidden(decoder, ids, cache, torch.tensor([[prefix]], device=device))[0, -1]
             root = _pick(project(model, lm_head, hidden), cfg, generator)
             result.time_verify += _now(device) - t0
+            if not plain:
+                cfg.latency.observe(1, _now(device) - t0)
+                result.tree_sizes.append(1)
+                result.predicted.append(1.0)
             done = _emit(result, [root], eos, cfg, on_tokens)
             continue
 

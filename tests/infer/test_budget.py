@@ -181,3 +181,23 @@ def test_auto_budget_stays_lossless():
     for p, c in zip(prompts, conts):
         out = generate(model, p, heads, cfg, eos=set())
         assert out.tokens == c.tolist()
+
+
+def test_when_plain_steps_win_auto_stops_drafting_and_stays_lossless():
+    model = tiny_model("llama", seed=4)
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, 512, (1, 8), generator=g) for _ in range(3)]
+    conts = greedy_continuations(model, prompts, 24)
+    heads = fit_oracle_heads(
+        model, [torch.cat([p[0], c]) for p, c in zip(prompts, conts)], num_heads=2, steps=30
+    )
+    sizes = torch.arange(1, 17)
+    # Trees cost 10x a plain step, drafting 2x: plain decoding wins; only every RECHECK-th step drafts again.
+    prof = LatencyProfile(sizes, torch.where(sizes > 1, 10.0, 1.0).double(), 2.0, {}, probe=False)
+    cfg = DecodeConfig(tree="dynamic", node_budget=16, latency=prof, max_new_tokens=24)
+    for p, c in zip(prompts, conts):
+        drafts = prof.steps
+        out = generate(model, p, heads, cfg, eos=set())
+        assert out.tokens == c.tolist()
+        drafts = prof.steps - drafts  # best_budget runs once per drafted step
+        assert out.tree_sizes.count(1) == out.steps and drafts <= 1 + out.steps // budget.RECHECK

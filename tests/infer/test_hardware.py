@@ -17,9 +17,13 @@ def test_choice_follows_the_purpose(tmp_path, monkeypatch, purpose, expected):
         return [[0.021] * 5, [0.148] * 5] if bf16 else [[0.058] * 5, [0.100] * 5]
 
     monkeypatch.setattr(hardware, "step_latency", fake)
-    dtype, reason = hardware.choose_dtype(tiny_model("llama"), "cpu", cache_dir=str(tmp_path), purpose=purpose)
+    dtype, reason = hardware.choose_dtype(
+        tiny_model("llama"), "cpu", cache_dir=str(tmp_path), purpose=purpose
+    )
     assert dtype == expected and f"for {purpose}" in reason and "21/148 ms in bfloat16 vs 58/100 ms" in reason
-    again, reason = hardware.choose_dtype(tiny_model("llama"), "cpu", cache_dir=str(tmp_path), purpose=purpose)
+    again, reason = hardware.choose_dtype(
+        tiny_model("llama"), "cpu", cache_dir=str(tmp_path), purpose=purpose
+    )
     assert again == expected and reason.endswith("(cached)")
     with pytest.raises(ValueError, match="purpose"):
         hardware.choose_dtype(tiny_model("llama"), "cpu", cache_dir=str(tmp_path), purpose="serve")
