@@ -99,7 +99,7 @@ class LatencyProfile:
         rate[n == 0] = 1.0 / est[n == 0]  # a plain step that skips drafting pays no drafting cost
         best = int(rate.argmax())
         self.skipping, self.skipped = bool(n[best] == 0), 0
-        i = self._probe()
+        i = self._probe(max(2, 2 * int(self.sizes[best])))
         return int(n[best if i is None else i])
 
     def want_draft(self) -> bool:
@@ -110,12 +110,13 @@ class LatencyProfile:
         self.skipped += 1
         return self.skipped % RECHECK == 0
 
-    def _probe(self) -> int | None:
-        """On the probe schedule: the anchor size observed least (smallest first), else None."""
+    def _probe(self, limit: int) -> int | None:
+        """On the probe schedule: the anchor size up to ``limit`` (twice the chosen size: probes stay cheap, and a
+        prior that is too pessimistic is walked back up one class at a time) observed least, else None."""
         if not self.probe or (self.steps not in PROBE_STEPS and self.steps % 64):
             return None
         sizes = self.sizes.tolist()
-        anchors = [sizes.index(a) for a in ANCHORS if a in sizes]
+        anchors = [sizes.index(a) for a in ANCHORS if a in sizes and a <= limit]
         if not anchors:
             return None
         self._ensure()
