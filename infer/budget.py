@@ -39,7 +39,7 @@ DEFAULT_SIZES = list(range(1, 17)) + list(range(20, 65, 4))  # tree sizes T (roo
 MONOTONE_TOL = 0.3  # a bigger tree may be at most 30 % faster than a smaller one (timer noise, kernel choice)
 WINDOW = 15  # observed/prior ratios kept per size class
 ANCHORS = (1, 2, 4, 8, 16, 32)  # tree sizes probed while decoding, fewest observations first
-RECHECK = 8  # while plain steps win, draft again every this many steps to see whether trees pay now
+RECHECK = 16  # while plain steps win, draft again every this many steps to see whether trees pay now
 PROBE_STEPS = (
     2,
     4,
