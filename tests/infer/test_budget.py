@@ -162,14 +162,18 @@ def test_budget_learns_from_observed_steps():
     assert float(prof.estimate()[0]) == 1.0
 
 
+def _oracle(family, seed, n_prompts, new, num_heads, steps):
+    """A tiny model, prompts, their greedy continuations and oracle heads fitted to them."""
+    model = tiny_model(family, seed=seed)
+    g = torch.Generator().manual_seed(seed - 3)
+    prompts = [torch.randint(3, 512, (1, 8), generator=g) for _ in range(n_prompts)]
+    conts = greedy_continuations(model, prompts, new)
+    seqs = [torch.cat([p[0], c]) for p, c in zip(prompts, conts)]
+    return model, prompts, conts, fit_oracle_heads(model, seqs, num_heads=num_heads, steps=steps)
+
+
 def test_auto_budget_stays_lossless():
-    model = tiny_model("mistral", seed=5)
-    g = torch.Generator().manual_seed(2)
-    prompts = [torch.randint(3, 512, (1, 8), generator=g) for _ in range(6)]
-    conts = greedy_continuations(model, prompts, 20)
-    heads = fit_oracle_heads(
-        model, [torch.cat([p[0], c]) for p, c in zip(prompts, conts)], num_heads=3, steps=60
-    )
+    model, prompts, conts, heads = _oracle("mistral", 5, 6, 20, num_heads=3, steps=60)
     # A synthetic profile where big trees are expensive: the chosen budget varies from step to step.
     prof = LatencyProfile(
         sizes=torch.arange(1, 33),
@@ -184,13 +188,7 @@ def test_auto_budget_stays_lossless():
 
 
 def test_when_plain_steps_win_auto_stops_drafting_and_stays_lossless():
-    model = tiny_model("llama", seed=4)
-    g = torch.Generator().manual_seed(3)
-    prompts = [torch.randint(3, 512, (1, 8), generator=g) for _ in range(3)]
-    conts = greedy_continuations(model, prompts, 24)
-    heads = fit_oracle_heads(
-        model, [torch.cat([p[0], c]) for p, c in zip(prompts, conts)], num_heads=2, steps=30
-    )
+    model, prompts, conts, heads = _oracle("llama", 4, 3, 24, num_heads=2, steps=30)
     sizes = torch.arange(1, 17)
     # Trees cost 10x a plain step, drafting 2x: plain decoding wins; only every RECHECK-th step drafts again.
     prof = LatencyProfile(sizes, torch.where(sizes > 1, 10.0, 1.0).double(), 2.0, {}, probe=False)
