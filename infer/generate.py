@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 dt = str(model.dtype).replace("torch.", "")
                 for name, r in others.items():
-                    print(stats_line(name, r).split(", tree building")[0])
+                    print(f"[{name}] {len(r.tokens)} new tokens, {r.tokens_per_second:.1f} tokens/s")
                 if others:
                     print(
                         f"[compare] speedup {record['speedup_vs_hf_generate']:.2f}x over transformers' generate, "
