@@ -180,6 +180,7 @@ def main(argv=None):
     if is_main:
         print(cfg.to_yaml(header=f"resolved recipe ({args.recipe}), {world} process(es)"), flush=True)
         os.makedirs(out_dir, exist_ok=True)
+        release = lock_output(out_dir)  # two runs in one folder would overwrite each other's checkpoints
     set_seed(t.seed)
 
     # ---- the checkpoint to resume from, checked before any expensive work
@@ -444,9 +445,53 @@ def main(argv=None):
                 accelerator.print("calibration failed; the heads in final/ are usable uncalibrated")
     push_error = push(cfg, os.path.join(out_dir, "final")) if not stopped and is_main else None
     accelerator.end_training()
+    if is_main:
+        release()
     if push_error:
         raise SystemExit(push_error)
     return metrics
+
+
+def lock_output(out_dir: str):
+    """Take ``out_dir/.lock`` (holding this process's pid) or fail when a live process holds it; a lock left by a
+    killed run (its pid gone) is taken over. -> a function that releases it (also called at exit)."""
+    import atexit
+
+    path = os.path.join(out_dir, ".lock")
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        pid = 0
+    if pid and pid != os.getpid() and _alive(pid):
+        raise SystemExit(
+            f"{out_dir} is in use by a running training (pid {pid}, {path}); wait for it, or use another "
+            "output.output_dir (delete the lock only if that process is not a training run)"
+        )
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+
+    def release():
+        try:
+            with open(path) as f:
+                if f.read().strip() == str(os.getpid()):
+                    os.remove(path)
+        except OSError:
+            pass
+
+    atexit.register(release)
+    return release
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def push(cfg, final):

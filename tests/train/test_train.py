@@ -288,3 +288,19 @@ def test_push_to_hub_at_the_end_of_training(assets, monkeypatch):
     with pytest.raises(SystemExit):
         run(assets, bad, *push, "push_to_hub=not/a/repo")
     assert not os.path.exists(bad)
+
+
+def test_an_output_folder_in_use_is_refused(assets):
+    out = assets["root"] / "locked"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(str(holder.pid))  # a live training holds the folder
+        with pytest.raises(SystemExit, match=f"in use by a running training \\(pid {holder.pid}"):
+            run(assets, str(out), "max_steps=1", "save_every=0", "eval_every=0")
+        assert not (out / "final").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    run(assets, str(out), "max_steps=1", "save_every=0", "eval_every=0")  # its pid is gone: a stale lock
+    assert (out / "final").exists() and not (out / ".lock").exists()
