@@ -244,23 +244,18 @@ def measure_latency(model, sizes=DEFAULT_SIZES, prefix_len: int = 256, reps: int
 @torch.no_grad()
 def measure_overhead(model, heads, reps: int = 5, num_nodes: int = 16) -> float:
     """Seconds to draft one tree: the heads on one hidden state + building a dynamic tree of ``num_nodes``."""
-    from .decode import DecodeConfig, head_candidates, sequential_expand
-    from .tree import conditional_tree
+    from .decode import DecodeConfig, draft_tree
 
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     lm_head, embed = model.get_output_embeddings(), model.get_input_embeddings()
     h = torch.randn(heads.config.hidden_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    root = torch.tensor(0, device=device)
     cfg = DecodeConfig(node_budget=num_nodes)
     runs = []
     for _ in range(reps + 1):
         t0 = time.perf_counter()
-        if heads.sequential:
-            expand = sequential_expand(heads, lm_head, embed, h, cfg, cfg.top_m, [0.0])
-            tree = conditional_tree(expand, torch.tensor(0, device=device), heads.num_heads, num_nodes)
-        else:
-            tree = dynamic_tree(head_candidates(heads, lm_head, h, cfg, cfg.top_m)[1], num_nodes)
-        tree_buffers(tree)
+        tree_buffers(draft_tree(heads, lm_head, embed, h, root, cfg, heads.num_heads, cfg.top_m)[0])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         runs.append(time.perf_counter() - t0)

@@ -282,6 +282,24 @@ def tree_room(cfg: DecodeConfig, heads) -> int:
     return min(cfg.node_budget, sum(cfg.top_m**d for d in range(1, depth + 1))) + 1
 
 
+def draft_tree(heads, lm_head, embed, hidden, root_t, cfg: DecodeConfig, depth: int, top_m: int, static=None):
+    """One step's drafting at hidden [H] -> (tree, top tokens [K, m] | None, top log-probs [K, m] | None, seconds
+    spent in the heads). Medusa heads: one call, then the static or dynamic tree. Sequential heads: the heads run
+    inside the depth-by-depth builder (top tokens/log-probs None: the tree carries its tokens and path scores)."""
+    t0 = _now(hidden.device)
+    if heads.sequential:
+        timer = [0.0]
+        expand = sequential_expand(heads, lm_head, embed, hidden, cfg, top_m, timer)
+        if static is not None:
+            return conditional_static_tree(static, expand, root_t), None, None, timer[0]
+        tree = conditional_tree(expand, root_t, depth, cfg.node_budget, cfg.beam, cfg.min_mass)
+        return tree, None, None, timer[0]
+    top_tokens, top_logp = head_candidates(heads, lm_head, hidden, cfg, top_m)  # [K, m] each
+    heads_s = _now(hidden.device) - t0
+    tree = static if static is not None else dynamic_tree(top_logp, cfg.node_budget)
+    return tree, top_tokens, top_logp, heads_s
+
+
 def eos_ids(model, tokenizer=None) -> set[int]:
     ids = getattr(model.generation_config, "eos_token_id", None)
     ids = [ids] if isinstance(ids, int) else list(ids or [])
@@ -349,6 +367,9 @@ def generate(
     top_m = cfg.top_m if static is None else int(static.rank.max()) + 1
     embed = model.get_input_embeddings() if heads is not None and heads.sequential else None
     depth = 0 if plain else (heads.num_heads if cfg.depth is None else min(cfg.depth, heads.num_heads))
+    auto = (
+        not plain and static is None and cfg.latency is not None
+    )  # per-step budget from the latency profile
     result = DecodeResult(tokens=[])
     dtype = next(model.parameters()).dtype
     t_start = _now(device)
@@ -365,7 +386,6 @@ def generate(
 
     while not done:
         prefix = cache.get_seq_length()
-        auto = static is None and cfg.latency is not None and hasattr(cfg.latency, "want_draft")
         if plain or (auto and not cfg.latency.want_draft()):  # plain step (auto: while trees do not pay)
             t0 = _now(device)
             ids = torch.tensor([[root]], device=device)
@@ -381,30 +401,21 @@ def generate(
 
         t0 = _now(device)
         root_t = torch.tensor(root, device=device)
-        if heads.sequential:  # path-conditioned drafting: the heads run inside the tree builder
-            timer = [0.0]
-            expand = sequential_expand(heads, lm_head, embed, hidden, cfg, top_m, timer)
-            top_tokens = top_logp = None
-            if static is not None:
-                tree = conditional_static_tree(static, expand, root_t)
-            else:
-                tree = conditional_tree(expand, root_t, depth, cfg.node_budget, cfg.beam, cfg.min_mass)
-            t1 = t0 + timer[0]
-        else:
-            top_tokens, top_logp = head_candidates(heads, lm_head, hidden, cfg, top_m)  # [K, m] each
-            t1 = _now(device)
-            tree = static if static is not None else dynamic_tree(top_logp, cfg.node_budget)
+        tree, top_tokens, top_logp, heads_s = draft_tree(
+            heads, lm_head, embed, hidden, root_t, cfg, depth, top_m, static
+        )
+        t1 = t0 + heads_s
         if static is not None and not heads.sequential:
             buffers = static_buffers
         else:
-            if static is None and cfg.latency is not None:  # auto budget: the n best paths, best tokens/s
+            if auto:  # auto budget: the n best paths with the best tokens/s
                 n = cfg.latency.best_budget(tree.score[1:].sort(descending=True).values)
                 tree = top_nodes(tree, n)
             buffers = static_buffers if static is not None else tree_buffers(tree)
         if cfg.keep_hidden:
             result.roots.append(len(result.tokens) - 1)
             result.hiddens.append(hidden.detach().float().cpu())
-        tokens = tree_tokens(tree, torch.tensor(root, device=device), top_tokens)  # [T]
+        tokens = tree_tokens(tree, root_t, top_tokens)  # [T]
         mask4d = tree_attention_mask(buffers.tree_mask, prefix, dtype)
         positions = (buffers.position_offsets + prefix)[None]
         result.predicted.append(expected_tokens(tree, buffers.tree_mask, top_logp))
@@ -422,7 +433,7 @@ def generate(
         result.time_heads += t1 - t0
         result.time_tree += t2 - t1  # sequential heads: t1 = t0 + the heads' share of building the tree
         result.time_verify += t3 - t2
-        if cfg.latency is not None and hasattr(cfg.latency, "observe"):  # the budget learns from real steps
+        if auto:  # the budget learns from real steps
             cfg.latency.observe(tree.size, t3 - t2, t2 - t0)
         done = _emit(result, tokens[path[1:]].tolist() + [root], eos, cfg, on_tokens)
     result.time_total = _now(device) - t_start

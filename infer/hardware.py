@@ -18,8 +18,6 @@ import copy
 import hashlib
 import json
 import os
-import statistics
-import time
 
 import torch
 
@@ -64,36 +62,6 @@ def _key(model, device, purpose: str) -> dict:
     }
 
 
-@torch.no_grad()
-def step_latency(model, sizes=STEP_SIZES, reps: int = 5, prefix_len: int = 128) -> list[list[float]]:
-    """Seconds of a forward of T tokens after a cached prefix, for each T in sizes: [len(sizes)][reps]."""
-    from transformers import DynamicCache
-
-    from .decode import forward_hidden, project, tree_attention_mask
-
-    dev = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
-    g = torch.Generator().manual_seed(0)
-    vocab = lm_head.weight.shape[0]
-    cache = DynamicCache(config=model.config)
-    prefix = torch.randint(0, vocab, (1, prefix_len), generator=g).to(dev)
-    forward_hidden(decoder, prefix, cache, torch.arange(prefix_len, device=dev)[None])
-    runs = [[] for _ in sizes]
-    for rep in range(reps + 1):  # interleaved: a burst of load hits every size alike; rep 0 warms up
-        for i, T in enumerate(sizes):
-            ids = torch.randint(0, vocab, (1, T), generator=g).to(dev)
-            mask = tree_attention_mask(torch.ones(T, T, dtype=torch.bool).tril(), prefix_len, dtype)
-            pos = torch.arange(prefix_len, prefix_len + T, device=dev)[None]
-            t0 = time.perf_counter()
-            project(model, lm_head, forward_hidden(decoder, ids, cache, pos, mask)[0]).argmax(-1)
-            if rep:
-                runs[i].append(time.perf_counter() - t0)
-            for layer in cache.layers:
-                layer.crop(-T)
-    return runs
-
-
 def choose_dtype(
     model,
     device="cpu",
@@ -123,10 +91,12 @@ def choose_dtype(
             return getattr(torch, saved["dtype"]), saved["reason"] + " (cached)"
     if verbose:
         print("dtype auto: timing float32 and bfloat16 steps on this CPU (~10 s, once) ...", flush=True)
+    from .budget import measure_latency  # the verify-step timer: interleaved repetitions, median
+
     half = copy.deepcopy(model).to(torch.bfloat16)
     medians = {}
     for name, m in (("float32", model), ("bfloat16", half)):
-        medians[name] = [statistics.median(r) for r in step_latency(m)]
+        medians[name] = measure_latency(m, STEP_SIZES, prefix_len=128, reps=5).seconds.tolist()
     del half
     best = min(medians, key=lambda n: _cost(purpose, *medians[n]))
     ms = lambda n: "/".join(f"{1000 * s:.0f}" for s in medians[n])  # noqa: E731

@@ -203,23 +203,15 @@ def conditional_tree(
         prev_start, total = total, total + best.numel()
         prev_score = best[:width]
     score, parent, rank, depth_, tok = (torch.cat(x) for x in (scores, parents, ranks, depths, toks))
-    # Global top-n; stable sort keeps the shallower node first on ties, so parents rank before children.
-    order = torch.sort(score, descending=True, stable=True).indices[:num_nodes]
-    order = order[torch.sort(depth_[order], stable=True).indices]  # by depth, then by score: parents first
-    new_pos = torch.full((score.numel(),), -1, dtype=torch.long, device=device)
-    new_pos[order] = torch.arange(1, order.numel() + 1, device=device)
-    kept_parent = parent[order]
-    kept_parent = torch.where(
-        kept_parent < 0, torch.zeros_like(kept_parent), new_pos[kept_parent.clamp(min=0)]
-    )
     z, z2, z3, zs = _root(device)
-    return Tree(
-        parents=torch.cat([z, kept_parent]),
-        depth=torch.cat([z2, depth_[order]]),
-        rank=torch.cat([z3, rank[order]]),
-        score=torch.cat([zs, score[order]]),
-        tokens=torch.cat([root_token.reshape(1), tok[order]]),
+    candidates = Tree(  # by depth, then by score: a tree whose n best nodes are the answer
+        parents=torch.cat([z, parent + 1]),  # global id -> position (the root, -1, becomes 0)
+        depth=torch.cat([z2, depth_]),
+        rank=torch.cat([z3, rank]),
+        score=torch.cat([zs, score]),
+        tokens=torch.cat([root_token.reshape(1), tok]),
     )
+    return top_nodes(candidates, num_nodes)
 
 
 def conditional_static_tree(tree: Tree, expand: Expand, root_token: torch.Tensor) -> Tree:

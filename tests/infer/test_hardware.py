@@ -12,11 +12,14 @@ from tests.tiny import tiny_model
     [("decode", torch.bfloat16), ("train", torch.float32)],  # no native bf16: fast plain step, slow tree step
 )
 def test_choice_follows_the_purpose(tmp_path, monkeypatch, purpose, expected):
-    def fake(model, *a, **k):  # seconds of a 1-token and a 17-token step, 5 repetitions each
-        bf16 = next(model.parameters()).dtype == torch.bfloat16
-        return [[0.021] * 5, [0.148] * 5] if bf16 else [[0.058] * 5, [0.100] * 5]
+    from infer import budget
 
-    monkeypatch.setattr(hardware, "step_latency", fake)
+    def fake(model, sizes, **k):  # median seconds of a 1-token and a 17-token step
+        bf16 = next(model.parameters()).dtype == torch.bfloat16
+        sec = [0.021, 0.148] if bf16 else [0.058, 0.100]
+        return budget.LatencyProfile(torch.tensor(sizes), torch.tensor(sec, dtype=torch.float64), 0.0, {})
+
+    monkeypatch.setattr(budget, "measure_latency", fake)
     dtype, reason = hardware.choose_dtype(
         tiny_model("llama"), "cpu", cache_dir=str(tmp_path), purpose=purpose
     )
