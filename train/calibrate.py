@@ -34,6 +34,7 @@ import torch
 
 from infer.calibration import FILE_NAME, CalibrationError
 from train.calibration_fit import FOLDS, PER_RANK, fit, plot_reliability, summary
+from train.config import RecipeError, read_saved_recipe
 
 log = logging.getLogger("calibrate")
 
@@ -302,22 +303,9 @@ def load_records(path: str, split: str | None = None, skip_bad: bool = False) ->
 def training_sources(heads_folder: str) -> list[tuple[str, str | None, str]]:
     """(data path, split or None, where it is named) of the heads' training data, from recipe.yaml / metrics.json."""
     out = []
-    recipe = os.path.join(heads_folder, "recipe.yaml")
-    if os.path.exists(recipe):
-        import yaml
-
-        with open(recipe) as f:
-            raw = yaml.safe_load(f) or {}
-        data = _section(raw, "data")
-        split = data.get("split") or data.get("train_split") or raw.get("train_split")
-        for where, value in (
-            ("train_data", raw.get("train_data")),
-            ("data.train_data", data.get("train_data")),
-        ):
-            if isinstance(value, str):
-                out.append((value, split, f"recipe.yaml {where}"))
-        if isinstance(data.get("path"), str):
-            out.append((data["path"], split, "recipe.yaml data.path"))
+    recipe = read_saved_recipe(heads_folder)
+    if recipe is not None:
+        out.append((recipe.data.path, recipe.data.split, "recipe.yaml data.path"))
     metrics = os.path.join(heads_folder, "metrics.json")
     if os.path.exists(metrics):
         with open(metrics) as f:
@@ -409,92 +397,111 @@ def main(argv: list[str] | None = None) -> int:
     add("--force", action="store_true", help="calibrate even on the heads' own training data")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    opts = vars(args)
+    heads, data = opts.pop("heads"), opts.pop("data")
+    opts["max_examples"] = opts["max_examples"] or None
+    opts["model_name"] = opts.pop("model")
+    opts["plots"] = None if opts.pop("no_plots") else (opts["plots"] or "")
     try:
-        return _run(args)
-    except (CalibrationError, ValueError, FileNotFoundError) as e:
+        calibrate(heads, data, **opts)
+    except (CalibrationError, RecipeError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
 
 
-def _run(args) -> int:
+def calibrate(
+    heads: str,
+    data: str,
+    *,
+    split: str | None = None,
+    model_name: str | None = None,
+    dtype: str = "float32",
+    device: str | None = None,
+    top_m: int = TOP_M,
+    max_examples: int | None = None,
+    max_length: int | None = None,
+    template: str | None = None,
+    verify_with_model: bool = False,
+    events: str = "decode",
+    max_new_tokens: int = 128,
+    node_budget: int = 16,
+    folds: int = FOLDS,
+    per_rank: int = PER_RANK,
+    out: str | None = None,
+    plots: str | None = "",
+    skip_bad: bool = False,
+    force: bool = False,
+):
+    """Fit calibration maps for the heads in ``heads`` on the conversations of ``data`` and write them.
+
+    The same as the CLI (see ``--help`` for each option); training calls it at the end of a run. ``plots``: a
+    folder for the reliability diagrams, "" = HEADS/calibration_plots, None = none. Defaults the heads' saved
+    recipe (read back through the schema) does not fix: the base model, chat template and max length. Raises
+    CalibrationError / RecipeError / HeadsError; returns the fitted Calibration.
+    """
     from infer.base import load_base_model
     from infer.heads import MedusaHeads, resolve_heads_path
 
-    folder = resolve_heads_path(args.heads)
-    if args.out is None and not os.path.isdir(args.heads):
+    folder = resolve_heads_path(heads)
+    if out is None and not os.path.isdir(heads):
         raise CalibrationError("heads from the Hub: pass --out for calibration.json")
-    out = args.out or os.path.join(folder, FILE_NAME)
-    records, splits = load_records(args.data, args.split, args.skip_bad)
-    check_not_training_data(folder, args.data, splits, args.force)
-    recipe = _recipe(folder)
-    heads = MedusaHeads.from_pretrained(folder)
-    model_name = args.model or _existing(_section(recipe, "model").get("name_or_path"))
-    model_name = model_name or heads.config.base_model_name_or_path or None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_base_model(model_name, args.dtype, device=device)
-    heads.check_base(model)
-    heads.eval()
-    data_cfg = _section(recipe, "data")
-    template = args.template or data_cfg.get("template")
-    if args.events == "decode":
+    out = out or os.path.join(folder, FILE_NAME)
+    records, splits = load_records(data, split, skip_bad)
+    check_not_training_data(folder, data, splits, force)
+    recipe = read_saved_recipe(folder)
+    heads_obj = MedusaHeads.from_pretrained(folder)
+    recorded = recipe.model.name_or_path if recipe is not None else None
+    model_name = model_name or _existing(recorded) or heads_obj.config.base_model_name_or_path or None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_base_model(model_name, dtype, device=device)
+    heads_obj.check_base(model)
+    heads_obj.eval()
+    template = template or (recipe.data.template if recipe is not None else None)
+    if events == "decode":
         col = collect_decode(
             model,
-            heads,
+            heads_obj,
             tokenizer,
             records,
-            top_m=args.top_m,
-            max_examples=args.max_examples or None,
-            max_new_tokens=args.max_new_tokens,
-            node_budget=args.node_budget,
+            top_m=top_m,
+            max_examples=max_examples,
+            max_new_tokens=max_new_tokens,
+            node_budget=node_budget,
             template=template,
         )
     else:
         col = collect(
             model,
-            heads,
+            heads_obj,
             tokenizer,
             records,
-            top_m=args.top_m,
-            max_examples=args.max_examples or None,
-            max_length=args.max_length or data_cfg.get("max_length") or 2048,
+            top_m=top_m,
+            max_examples=max_examples,
+            max_length=max_length or (recipe.data.max_length if recipe is not None else 2048),
             template=template,
-            verify_with_model=args.verify_with_model,
+            verify_with_model=verify_with_model,
         )
     fitted_on = {
-        "data": os.path.abspath(args.data) if os.path.exists(args.data) else args.data,
-        "split": args.split,
+        "data": os.path.abspath(data) if os.path.exists(data) else data,
+        "split": split,
         "heads": os.path.abspath(folder),
         "model": model_name or "default",
         "positions": [int(v) for v in col["valid"].sum(1)],
-        "events": args.events,
-        "forced": bool(args.force),
+        "events": events,
+        "forced": bool(force),
     }
-    cal = fit(col, folds=args.folds, per_rank=args.per_rank, fitted_on=fitted_on)
+    cal = fit(col, folds=folds, per_rank=per_rank, fitted_on=fitted_on)
     cal.to_file(out)
     print(summary(cal))
     print(f"\nwrote {out}")
-    if not args.no_plots:
+    if plots is not None:
         try:
-            paths = plot_reliability(cal, args.plots or os.path.join(folder, "calibration_plots"))
+            paths = plot_reliability(cal, plots or os.path.join(folder, "calibration_plots"))
             print(f"wrote {len(paths)} reliability diagrams to {os.path.dirname(paths[0]) if paths else '-'}")
         except ImportError:
             log.warning("matplotlib is not installed: no reliability diagrams (pip install matplotlib)")
-    return 0
-
-
-def _recipe(folder: str) -> dict:
-    path = os.path.join(folder, "recipe.yaml")
-    if not os.path.exists(path):
-        return {}
-    import yaml
-
-    with open(path) as f:
-        raw = yaml.safe_load(f)
-    return raw if isinstance(raw, dict) else {}
-
-
-def _section(d: dict, name: str) -> dict:
-    return d[name] if isinstance(d.get(name), dict) else {}
+    return cal
 
 
 def _existing(path) -> str | None:

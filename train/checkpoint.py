@@ -66,21 +66,73 @@ def save_checkpoint(accelerator, model, cfg, name, trainer_state, metrics, with_
     from accelerate.utils import gather_object
 
     hashes = gather_object([digest.hexdigest()])
+    accelerator.wait_for_everyone()  # every rank's state/ files are written: the manifest sees them all
     if accelerator.is_main_process:
         with open(os.path.join(tmp, "recipe.yaml"), "w") as f:  # relaunchable: its first line is the command
             f.write(cfg.to_yaml(header=f"python train/medusa.py {os.path.join(final, 'recipe.yaml')}"))
         with open(os.path.join(tmp, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
-        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-            json.dump(trainer_state | {"rank_param_sha256": hashes}, f, indent=2)
+        state = trainer_state | {"rank_param_sha256": hashes, "files": manifest(tmp)}
+        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:  # written last: marks it complete
+            json.dump(state, f, indent=2)
         if os.path.exists(final):
             shutil.rmtree(final)
         os.rename(tmp, final)
-        limit = cfg.output.save_total_limit
-        for old in complete_checkpoints(out_dir)[:-limit] if limit else []:
-            shutil.rmtree(old, ignore_errors=True)
+        prune(out_dir, trainer_state.get("run_id"), cfg.output.save_total_limit)
     accelerator.wait_for_everyone()
     return hashes
+
+
+def manifest(folder: str) -> dict[str, int]:
+    """Every file of a checkpoint folder -> its size in bytes (what checkpoint_damage checks)."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            out[os.path.relpath(path, folder)] = os.path.getsize(path)
+    return out
+
+
+def read_state(checkpoint: str) -> dict | None:
+    """checkpoint/trainer_state.json, or None when it is missing or unreadable."""
+    try:
+        with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+            state = json.load(f)
+        return state if isinstance(state, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def checkpoint_damage(checkpoint: str) -> str | None:
+    """What is wrong with a checkpoint folder (a file missing, truncated or unreadable), or None when intact."""
+    state = read_state(checkpoint)
+    if state is None:
+        return "trainer_state.json is missing or not JSON"
+    for rel, size in (state.get("files") or {}).items():  # checkpoints of older versions have no manifest
+        path = os.path.join(checkpoint, rel)
+        if not os.path.isfile(path):
+            return f"{rel} is missing"
+        if os.path.getsize(path) != size:
+            return f"{rel} has {os.path.getsize(path)} bytes, {size} were written"
+    try:
+        from safetensors import safe_open
+
+        with safe_open(os.path.join(checkpoint, "model.safetensors"), framework="pt") as f:
+            list(f.keys())
+    except Exception as e:
+        return f"model.safetensors is unreadable ({e})"
+    return None
+
+
+def prune(out_dir: str, run_id: str | None, limit: int) -> None:
+    """Delete the checkpoints of other runs (an earlier run in this folder, started over with resume=none) and all
+    but the newest ``limit`` of this run's (0 = keep all of this run's)."""
+    own, other = [], []
+    for path in complete_checkpoints(out_dir):
+        state = read_state(path) or {}
+        (own if run_id is not None and state.get("run_id") == run_id else other).append(path)
+    for old in other + (own[:-limit] if limit else []):
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # recipe keys that may change between a run and its resumption: they do not change what the weights become
@@ -91,13 +143,11 @@ RESUME_FREE = ("output.", "train.stop_after_steps", "train.eval_every", "train.l
 
 def recipe_changes(checkpoint: str, current: dict) -> list[str]:
     """Keys whose value in checkpoint/recipe.yaml differs from the current recipe's (ignoring RESUME_FREE)."""
-    import yaml
+    from train.config import flatten, read_saved_recipe
 
-    from train.config import flatten
-
-    with open(os.path.join(checkpoint, "recipe.yaml")) as f:
-        saved = yaml.safe_load(f)
-
-    a, b = flatten(saved), flatten(current)
-    keys = sorted(k for k in a.keys() & b.keys() if not k.startswith(RESUME_FREE))  # new keys: their default
+    saved = read_saved_recipe(checkpoint)
+    if saved is None:
+        return ["recipe.yaml: missing from the checkpoint"]
+    a, b = flatten(saved.to_dict()), flatten(current)
+    keys = sorted(k for k in a.keys() & b.keys() if not k.startswith(RESUME_FREE))
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in keys if a[k] != b[k]]

@@ -130,6 +130,7 @@ class OutputConfig:
     push_to_hub: str | None = None  # Hub repo id (owner/name): push final/ in one commit after training
     hub_private: bool = False  # create that repo private
     hub_base_model: str | None = None  # base model's Hub id for the card, if name_or_path is a folder
+    license: str | None = None  # license id written in the pushed model card's metadata (e.g. apache-2.0)
 
 
 @dataclass
@@ -361,6 +362,26 @@ def flatten(d, prefix: str = "") -> dict:
     for k, v in d.items() if isinstance(d, dict) else enumerate(d):
         out |= flatten(v, f"{prefix}{k}.") if isinstance(v, (dict, list)) else {f"{prefix}{k}": v}
     return out
+
+
+RECIPE_FILE = "recipe.yaml"  # the resolved recipe saved in every checkpoint folder
+
+
+def read_saved_recipe(folder: str) -> Recipe | None:
+    """A checkpoint's ``recipe.yaml`` read back through the schema (None when the folder has none).
+
+    The one way a saved recipe is read (resume check, calibration, model card, push): a file that no longer fits
+    the schema is a RecipeError naming it, never a dict searched for keys the schema does not have.
+    """
+    path = os.path.join(folder, RECIPE_FILE) if os.path.isdir(folder) else folder
+    if not os.path.isfile(path):
+        return None
+    try:
+        return Recipe.from_yaml(path)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not UTF-8 text ({e})") from None
 
 
 def load_recipe(path: str, overrides: list[str] | None = None) -> Recipe:

@@ -34,6 +34,7 @@ import shlex
 import shutil
 import sys
 import time
+import uuid
 
 if __package__ in (None, ""):  # run by path: make the repo root importable instead of train/
     _here = os.path.dirname(os.path.abspath(__file__))
@@ -44,10 +45,12 @@ import torch
 from torch import nn
 
 from train.checkpoint import (
+    checkpoint_damage,
     complete_checkpoints,
     gathered,
     is_deepspeed,
     is_zero3,
+    read_state,
     recipe_changes,
     save_checkpoint,
 )
@@ -186,17 +189,30 @@ def main(argv=None):
     # ---- the checkpoint to resume from, checked before any expensive work
     resume = cfg.output.resume
     ckpt = None if resume == "none" else resume
-    if resume == "auto":
-        ckpt = (complete_checkpoints(out_dir) or [None])[-1]
+    if (
+        resume == "auto"
+    ):  # the newest intact checkpoint; a damaged one (a file truncated or missing) is skipped
+        ckpt = None
+        for path in reversed(complete_checkpoints(out_dir)):
+            damage = checkpoint_damage(path)
+            if damage is None:
+                ckpt = path
+                break
+            accelerator.print(f"warning: {path} is damaged ({damage}); trying the previous checkpoint")
     if ckpt is not None:
-        if not os.path.exists(os.path.join(ckpt, "trainer_state.json")):
-            raise SystemExit(f"output.resume: {ckpt} is not a complete checkpoint (no trainer_state.json)")
+        damage = checkpoint_damage(ckpt)
+        if damage is not None:
+            raise SystemExit(f"output.resume: {ckpt} is not a complete checkpoint ({damage})")
         changes = recipe_changes(ckpt, cfg.to_dict())
         if changes:
             raise SystemExit(
                 f"{ckpt} was written by a different recipe ({'; '.join(changes)}): resuming would mix two runs. "
-                "Use a new output.output_dir, or output.resume=none to start over in this one."
+                "Use a new output.output_dir, or output.resume=none to start over in this one (its checkpoints "
+                "are deleted when the new run saves its first)."
             )
+    # checkpoints of this run carry its id: starting over, the earlier run's are pruned at the first save
+    run_id = (read_state(ckpt) or {}).get("run_id") if ckpt else None
+    run_id = run_id or uuid.uuid4().hex
 
     # ---- base model and data
     m = cfg.model
@@ -318,7 +334,13 @@ def main(argv=None):
     }
     if ckpt is not None:
         ds_kw = {"load_module_strict": False} if is_deepspeed(accelerator) else {"strict": False}
-        accelerator.load_state(os.path.join(ckpt, "state"), **ds_kw)
+        try:
+            accelerator.load_state(os.path.join(ckpt, "state"), **ds_kw)
+        except Exception as e:  # damage the manifest cannot see (same size, bad bytes)
+            raise SystemExit(
+                f"{ckpt}/state could not be loaded ({type(e).__name__}: {e}); move that checkpoint away to resume "
+                "from the previous one, or start over with output.resume=none"
+            ) from None
         with open(os.path.join(ckpt, "trainer_state.json")) as f:
             state = json.load(f)
         start_step, train_time = state["step"], state["train_time_s"]
@@ -364,7 +386,7 @@ def main(argv=None):
 
     def state_at(step):
         progress = {"step": step, "total_steps": total_steps, "epoch": step / steps_per_epoch}
-        return progress | {"train_time_s": round(train_time, 3), "num_processes": world}
+        return progress | {"train_time_s": round(train_time, 3), "num_processes": world, "run_id": run_id}
 
     # ---- the loop
     accelerator.print(
@@ -430,19 +452,20 @@ def main(argv=None):
             f"done: {out_dir}/final ({train_time:.0f} s of training); params sha256 {hashes[0][:12]}"
         )
         if d.calib_data and accelerator.is_main_process:  # on the split the heads did not train on
-            from train.calibrate import main as calibrate
+            from infer.heads import HeadsError
+            from train.calibrate import CalibrationError, calibrate
 
-            args = [os.path.join(out_dir, "final"), "--data", d.calib_data, "--split", d.calib_split]
-            args += [
-                "--model",
-                m.name_or_path,
-                "--dtype",
-                m.dtype,
-                "--max-examples",
-                str(d.calib_max_examples),
-            ]
-            if calibrate(args) != 0:
-                accelerator.print("calibration failed; the heads in final/ are usable uncalibrated")
+            try:
+                calibrate(
+                    os.path.join(out_dir, "final"),
+                    d.calib_data,
+                    split=d.calib_split,
+                    model_name=m.name_or_path,
+                    dtype=m.dtype,
+                    max_examples=d.calib_max_examples or None,
+                )
+            except (CalibrationError, HeadsError, RecipeError, ValueError, OSError) as e:
+                accelerator.print(f"calibration failed ({e}); the heads in final/ are usable uncalibrated")
     push_error = push(cfg, os.path.join(out_dir, "final")) if not stopped and is_main else None
     accelerator.end_training()
     if is_main:

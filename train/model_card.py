@@ -11,7 +11,7 @@ Front matter (Hub metadata)::
     library_name: medusa-toolkit
     pipeline_tag: text-generation
     tags: [medusa, speculative-decoding, tree-attention]
-    license: <only when the recipe or the caller names one>
+    license: <only when the recipe (output.license) or the caller names one>
 """
 
 from __future__ import annotations
@@ -21,17 +21,12 @@ from typing import Any
 
 import yaml
 
+from train.config import Recipe
+
 LIBRARY_NAME = "medusa-toolkit"
 TAGS = ["medusa", "speculative-decoding", "tree-attention"]
 NOT_MEASURED = "not measured"
 NOT_RECORDED = "not recorded"
-
-# Recipe keys that may name the training data, most specific first: at the top level of the recipe, then inside a
-# recipe section (``data: {path: ...}``). A section with none of these keys names nothing.
-_DATA_KEYS = ("train_data", "dataset", "datasets", "data_path", "data_files", "data")
-_DATA_SECTIONS = ("data", "dataset", "train")
-_DATA_INNER_KEYS = (*_DATA_KEYS, "name", "path", "paths", "files", "source", "sources")
-_LICENSE_SECTIONS = ("card", "hub", "push")
 
 
 def card_metadata(base_model: str, license: str | None = None) -> dict[str, Any]:
@@ -48,23 +43,11 @@ def card_metadata(base_model: str, license: str | None = None) -> dict[str, Any]
     return meta
 
 
-def license_from_recipe(recipe: dict | None) -> str | None:
-    """The license a recipe names (``license:`` at top level or in a ``card:``/``hub:``/``push:`` section)."""
-    if not recipe:
-        return None
-    value = _lookup(recipe, ("license",), _LICENSE_SECTIONS, ("license",))
-    return str(value) if isinstance(value, str) and value else None
-
-
-def training_data(recipe: dict | None, metrics: dict | None) -> str | None:
+def training_data(recipe: Recipe | None, metrics: dict | None) -> str | None:
     """What the heads were trained on, as recorded by metrics.json (preferred) or the recipe."""
     if metrics and metrics.get("train_data"):
         return _describe(metrics["train_data"])
-    if recipe:
-        value = _lookup(recipe, _DATA_KEYS, _DATA_SECTIONS, _DATA_INNER_KEYS)
-        if value is not None:
-            return _describe(value)
-    return None
+    return _describe(recipe.data.path) if recipe is not None else None
 
 
 def build_model_card(
@@ -72,7 +55,7 @@ def build_model_card(
     config: dict,
     repo_id: str,
     base_model: str,
-    recipe: dict | None = None,
+    recipe: Recipe | None = None,
     metrics: dict | None = None,
     license: str | None = None,
     files: list[str] | None = None,
@@ -81,9 +64,10 @@ def build_model_card(
     """The full README.md text: YAML front matter, then the body.
 
     ``config`` is the heads' config.json (as a dict), ``base_model`` the Hub id of the base model, ``files`` the names
-    that are uploaded next to the card (listed in the card), ``revision`` the branch the heads are pushed to.
+    that are uploaded next to the card (listed in the card), ``revision`` the branch the heads are pushed to,
+    ``recipe`` the checkpoint's recipe read back through the schema (:func:`train.config.read_saved_recipe`).
     """
-    license = license or license_from_recipe(recipe)
+    license = license or (recipe.output.license if recipe is not None else None)
     meta = card_metadata(base_model, license=license)
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip()
     sections = [
@@ -158,7 +142,7 @@ def _usage(repo_id: str, base_model: str, revision: str | None) -> str:
     )
 
 
-def _training(config: dict, recipe: dict | None, metrics: dict | None) -> str:
+def _training(config: dict, recipe: Recipe | None, metrics: dict | None) -> str:
     data = training_data(recipe, metrics) or NOT_RECORDED
     lines = [
         "## Training",
@@ -168,8 +152,8 @@ def _training(config: dict, recipe: dict | None, metrics: dict | None) -> str:
         f"- Heads: {config.get('medusa_num_heads', '?')}, residual blocks per head: "
         f"{config.get('medusa_num_layers', '?')}, layout: `{config.get('layout', 'shared_lm_head')}`",
     ]
-    if recipe and isinstance(recipe.get("mode"), str):
-        lines.append(f"- Training mode: `{recipe['mode']}`")
+    if recipe is not None:
+        lines.append(f"- Training mode: `{recipe.mode}`")
     if metrics and isinstance(metrics.get("train_time_s"), (int, float)):
         lines.append(f"- Training time: {_duration(metrics['train_time_s'])}")
     if recipe is not None:
@@ -177,7 +161,7 @@ def _training(config: dict, recipe: dict | None, metrics: dict | None) -> str:
     return "\n".join(lines)
 
 
-def _accuracy(config: dict, recipe: dict | None, metrics: dict | None) -> str:
+def _accuracy(config: dict, recipe: Recipe | None, metrics: dict | None) -> str:
     heads = (metrics or {}).get("heads")
     tps = (metrics or {}).get("tokens_per_step")
     lines = ["## Measured results", ""]
@@ -186,9 +170,8 @@ def _accuracy(config: dict, recipe: dict | None, metrics: dict | None) -> str:
         for k, head in enumerate(heads):
             head = head if isinstance(head, dict) else {}
             lines.append(f"| {k} | t+{k + 2} | {_number(head.get('top1'))} | {_number(head.get('top5'))} |")
-        recipe_data = (recipe or {}).get("data")
         eval_data = (metrics or {}).get("eval_data") or (
-            recipe_data.get("eval_data") if isinstance(recipe_data, dict) else None
+            recipe.data.eval_data if recipe is not None else None
         )
         if eval_data:
             lines += ["", f"Accuracy measured on: {_describe(eval_data)}."]
@@ -214,41 +197,6 @@ def _files(files: list[str] | None) -> str:
 
 
 # ---------------------------------------------------------------------- helpers
-def _lookup(d: dict, keys: tuple[str, ...], sections: tuple[str, ...], inner_keys: tuple[str, ...]) -> Any:
-    """The first of ``keys`` set at the top level of ``d``, else the first of ``inner_keys`` in a section dict.
-
-    A top-level key holding a dict is itself treated as a section. Returns None when nothing is named.
-    """
-    for key in keys:
-        value = d.get(key)
-        if _empty(value):
-            continue
-        if not isinstance(value, dict):
-            return value
-        inner = _first(value, inner_keys)
-        if inner is not None:
-            return inner
-    for section in sections:
-        sub = d.get(section)
-        if isinstance(sub, dict):
-            inner = _first(sub, inner_keys)
-            if inner is not None:
-                return inner
-    return None
-
-
-def _first(d: dict, keys: tuple[str, ...]) -> Any:
-    for key in keys:
-        value = d.get(key)
-        if not _empty(value) and not isinstance(value, dict):
-            return value
-    return None
-
-
-def _empty(value: Any) -> bool:
-    return value is None or value == "" or value == [] or value == {}
-
-
 def _describe(value: Any) -> str:
     if isinstance(value, str):
         return f"`{value}`"

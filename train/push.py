@@ -33,9 +33,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
-import yaml
-
 from infer.heads import CONFIG_NAME, WEIGHTS_NAME, HeadsError, MedusaConfig, MedusaHeads
+from train.config import Recipe, RecipeError, read_saved_recipe
 from train.model_card import build_model_card
 
 RECIPE_NAME = "recipe.yaml"
@@ -73,7 +72,7 @@ class Checkpoint:
 
     path: str
     config: dict
-    recipe: dict
+    recipe: Recipe  # recipe.yaml read back through the schema
     metrics: dict | None
     files: list[str]  # names to upload from the folder, in upload order
 
@@ -93,12 +92,9 @@ def read_checkpoint(path: str) -> Checkpoint:
         raise PushError(f"{path}/{CONFIG_NAME} is not a Medusa heads config: {e}") from e
     _check_weights(os.path.join(path, WEIGHTS_NAME), cfg)
     try:
-        with open(os.path.join(path, RECIPE_NAME)) as f:
-            recipe = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise PushError(f"{path}/{RECIPE_NAME} is not valid YAML: {e}") from e
-    if not isinstance(recipe, dict):
-        raise PushError(f"{path}/{RECIPE_NAME} is not a mapping")
+        recipe = read_saved_recipe(path)
+    except RecipeError as e:
+        raise PushError(f"{e} (the checkpoint's recipe is read back through the training schema)") from None
     files = list(REQUIRED_FILES)
     metrics = None
     for name in OPTIONAL_FILES:
@@ -403,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--commit-message", help="commit message (default: 'Upload K Medusa heads for BASE')")
     p.add_argument("--base-model", help="Hub id of the base model, when the config records a local path")
-    p.add_argument("--license", help="license id for the card metadata (default: the recipe's, else none)")
+    p.add_argument(
+        "--license", help="license id for the card metadata (default: the recipe's output.license, else none)"
+    )
     p.add_argument(
         "--dry-run", metavar="OUT_DIR", help="write the exact upload to OUT_DIR and list it; send nothing"
     )

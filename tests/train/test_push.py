@@ -115,7 +115,7 @@ def test_card_metadata_and_measured_numbers(ckpt, tmp_path):
 
 def test_card_without_metrics_invents_nothing(tmp_path):
     folder = tmp_path / "ck"
-    make_checkpoint(folder, metrics=False, recipe="license: apache-2.0\nlr: 0.001\n")
+    make_checkpoint(folder, metrics=False, recipe="output:\n  license: apache-2.0\ntrain:\n  lr: 0.001\n")
     dry_run(str(folder), str(tmp_path / "out"), "me/heads")
     meta, body = parse_front_matter((tmp_path / "out" / "README.md").read_text())
     assert meta["license"] == "apache-2.0"
@@ -262,3 +262,17 @@ def test_branch_push_and_stale_files_removed(ckpt, hub, tmp_path):
     files = set(hub.repos["me/heads"].resolve("dev").files)
     assert "metrics.json" not in files and "calibration.json" not in files and "model.safetensors" in files
     assert "metrics.json" in hub.repos["me/heads"].resolve("main").files
+
+
+def test_the_saved_recipe_is_read_back_through_the_schema(tmp_path):
+    """recipe.yaml is the training schema's, read back strictly: a key the schema does not have is an error naming
+    the file (not a dict searched for look-alike keys), and the card's data/mode/license come from its fields."""
+    folder = tmp_path / "ck"
+    make_checkpoint(folder, recipe="train_data: other.json\nmode: medusa1\n")
+    with pytest.raises(PushError, match=r"recipe.yaml.*train_data"):
+        dry_run(str(folder), str(tmp_path / "out"), "me/heads")
+    folder = tmp_path / "ck2"
+    make_checkpoint(folder, metrics=False, recipe="mode: medusa2\ndata:\n  path: mine.jsonl\n")
+    dry_run(str(folder), str(tmp_path / "out2"), "me/heads")
+    body = (tmp_path / "out2" / "README.md").read_text()
+    assert "Training data: `mine.jsonl`" in body and "Training mode: `medusa2`" in body

@@ -304,3 +304,50 @@ def test_an_output_folder_in_use_is_refused(assets):
         holder.wait()
     run(assets, str(out), "max_steps=1", "save_every=0", "eval_every=0")  # its pid is gone: a stale lock
     assert (out / "final").exists() and not (out / ".lock").exists()
+
+
+def checkpoints(out):
+    return sorted((n for n in os.listdir(out) if n.startswith("checkpoint")), key=lambda n: int(n[11:]))
+
+
+def test_starting_over_replaces_the_earlier_runs_checkpoints(assets, capsys):
+    """output.resume=none in a folder holding an older run: the new run's checkpoints are kept and the old run's
+    pruned (not the other way round by step number), and a killed new run resumes from its own checkpoint."""
+    out = str(assets["root"] / "start-over")
+    run(assets, out, "save_every=2", "eval_every=0")  # the older run: checkpoint-6, checkpoint-8, final
+    assert checkpoints(out) == ["checkpoint-6", "checkpoint-8"]
+    new = ("save_every=3", "eval_every=0", "lr=0.02")
+    run(assets, out, *new, "resume=none", "stop_after_steps=4")  # killed after step 4
+    assert checkpoints(out) == ["checkpoint-3"]
+    capsys.readouterr()
+    run(assets, out, *new)  # resume=auto: its own checkpoint, not a refusal about the older run's recipe
+    assert "checkpoint-3 at step 3" in capsys.readouterr().out
+    assert checkpoints(out) == ["checkpoint-3", "checkpoint-6"] and final_state(out)["step"] == 8
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(assets, capsys):
+    full, broken = str(assets["root"] / "fb-full"), str(assets["root"] / "fb-broken")
+    run(assets, full, "save_every=0", "eval_every=0")
+    run(assets, broken, "save_every=3", "stop_after_steps=7", "eval_every=0")
+    state = os.path.join(broken, "checkpoint-6", "state")
+    victim = max((os.path.join(r, n) for r, _, fs in os.walk(state) for n in fs), key=os.path.getsize)
+    with open(victim, "r+b") as f:  # a write cut short: the biggest state file loses its tail
+        f.truncate(os.path.getsize(victim) // 2)
+    capsys.readouterr()
+    run(assets, broken, "save_every=3", "eval_every=0")
+    printed = capsys.readouterr().out
+    assert "checkpoint-6 is damaged" in printed and "checkpoint-3 at step 3" in printed
+    a, b = weights(full), weights(broken)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same weights as the uninterrupted run
+
+
+def test_calibration_after_training_is_a_function_call(assets, monkeypatch):
+    import train.calibrate
+
+    calls = []
+    monkeypatch.setattr(train.calibrate, "calibrate", lambda *a, **kw: calls.append((a, kw)))
+    out = str(assets["root"] / "calibrated")
+    run(assets, out, "max_steps=1", "save_every=0", "eval_every=0", f"calib_data={assets['data']}")
+    (folder, data), kw = calls[0]
+    assert folder == os.path.join(out, "final") and data == assets["data"]
+    assert kw["split"] == "calib" and kw["model_name"] == assets["model"]
