@@ -40,6 +40,7 @@ log = logging.getLogger("data")
 
 IGNORE_INDEX = -100  # label value skipped by the cross-entropy loss
 TEMPLATE_DIR = Path(__file__).parent / "templates"  # shipped chat templates: <name>.jinja
+PREFIX_MARGIN = 64  # tokens past max_length a text prefix must yield before its first max_length are trusted
 CACHE_VERSION = 1  # bump when tokenisation changes, so that old caches are not reused
 ROLES = ("system", "user", "assistant")
 
@@ -209,10 +210,19 @@ def tokenize_messages(
     _check_messages(messages)
     chat_template = resolve_template(tokenizer, template)
     text, spans = assistant_spans(tokenizer, messages, chat_template)
-    ids, labels = _ids_and_labels(tokenizer, text, spans)
-    if max_length is not None:
-        ids, labels = ids[:max_length], labels[:max_length]
-    return {"input_ids": ids, "labels": labels}
+    if max_length is None:
+        ids, labels = _ids_and_labels(tokenizer, text, spans)
+        return {"input_ids": ids, "labels": labels}
+    # Only the first max_length tokens are kept: tokenise growing prefixes of the text until one yields that many
+    # (+ a margin, so the cut cannot change them), instead of the whole text (a 5 MB record took 2.6 GB).
+    n = max(4096, 16 * max_length)
+    while True:
+        cut = [(a, min(b, n)) for a, b in spans if a < n]
+        ids, labels = _ids_and_labels(tokenizer, text[:n], cut)
+        if n >= len(text) or len(ids) >= max_length + PREFIX_MARGIN:
+            break
+        n *= 4
+    return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
 
 
 def pack_examples(

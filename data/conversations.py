@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -37,7 +38,21 @@ ROLES = {
 }
 
 # Problem kinds used in DataError.kind and in the skip statistics.
-KINDS = ("bad_json", "bad_type", "missing_field", "unknown_role", "empty_turn", "no_assistant")
+KINDS = (
+    "bad_json",
+    "bad_type",
+    "missing_field",
+    "unknown_role",
+    "empty_turn",
+    "assistant_first",
+    "no_assistant",
+)
+
+
+def visible(text: str) -> bool:
+    """True when text has a character that is neither whitespace nor an invisible format character (zero-width
+    space/joiners, BOM, soft hyphen: Unicode category Cf)."""
+    return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in text)
 
 
 class DataError(ValueError):
@@ -187,8 +202,15 @@ def normalise_record(record: Any, index: int, default_id: str) -> dict:
             raise _Problem("unknown_role", f"turn {t} has unknown role {source_role!r} (known: {known})")
         if not isinstance(content, str):
             raise _Problem("bad_type", f"turn {t} content is a {type(content).__name__}, expected a string")
-        if not content.strip():
-            raise _Problem("empty_turn", f"turn {t} ({source_role}) is empty")
+        if not visible(content):
+            what = "empty" if not content.strip() else "only invisible characters (e.g. zero-width spaces)"
+            raise _Problem("empty_turn", f"turn {t} ({source_role}) is {what}")
+        if role == "assistant" and not any(m["role"] == "user" for m in messages):
+            raise _Problem(
+                "assistant_first",
+                f"turn {t} ({source_role}) answers before any user turn: a conversation starts with the user "
+                "(after an optional system prompt)",
+            )
         messages.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in messages):
         raise _Problem("no_assistant", "conversation has no assistant turn")

@@ -144,6 +144,27 @@ def test_truncation():
         assert ex["input_ids"] == full["input_ids"][:n] and ex["labels"] == full["labels"][:n]
 
 
+def test_a_huge_record_is_tokenised_only_as_far_as_max_length(monkeypatch):
+    """A 5 MB turn: only a prefix of the text is tokenised (it took 2.6 GB tokenised whole), same result."""
+    tok = tiny_tokenizer()
+    words = " ".join(f"{w}{i % 97}" for i, w in zip(range(60_000), itertools.cycle(ASSISTANT[0].split())))
+    huge = [{"role": "user", "content": "Say a lot."}, {"role": "assistant", "content": words}]
+    full = tokenize_messages(tok, huge)  # the whole text, no max_length
+    seen = []
+    real = chat._ids_and_labels
+    monkeypatch.setattr(
+        chat, "_ids_and_labels", lambda t, text, spans: seen.append(len(text)) or real(t, text, spans)
+    )
+    for n in (3, 100, 2048):
+        ex = tokenize_messages(tok, huge, max_length=n)
+        assert ex["input_ids"] == full["input_ids"][:n] and ex["labels"] == full["labels"][:n]
+    assert max(seen) < len(words) / 5
+    huge[1]["content"] = "x" * 5_000_000
+    seen.clear()
+    assert len(tokenize_messages(tok, huge, max_length=2048)["input_ids"]) == 2048
+    assert max(seen) <= 16 * 2048 * 4
+
+
 def test_pack_examples():
     ids = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10] * 12]
     labels = [[1, 2, 3], [-100, 5], [6, 7, -100, 9], [10] * 12]

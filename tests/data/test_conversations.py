@@ -54,6 +54,14 @@ BAD = {
         {"conversations": [{"from": "human", "value": "  "}, {"from": "gpt", "value": "a"}]},
         "empty",
     ),
+    "zero_width": (
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "\u200b \ufeff"}]},
+        "only invisible characters",
+    ),
+    "assistant_first": (
+        {"conversations": [{"from": "gpt", "value": "Hello!"}, {"from": "human", "value": "Hi"}]},
+        "turn 0 (gpt) answers before any user turn",
+    ),
     "no_assistant": ({"conversations": [{"from": "human", "value": "Hi"}]}, "no assistant turn"),
     "non_string": (
         {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 3}]},
@@ -61,7 +69,12 @@ BAD = {
     ),
     "not_object": (["human", "hi"], "record is a list"),
 }
-KIND = {"missing_value": "missing_field", "non_string": "bad_type", "not_object": "bad_type"}
+KIND = {
+    "zero_width": "empty_turn",
+    "missing_value": "missing_field",
+    "non_string": "bad_type",
+    "not_object": "bad_type",
+}
 
 
 def write_json(path: Path, records) -> str:
@@ -160,13 +173,14 @@ def test_skip_bad_counts_every_kind_and_logs(tmp_path, caplog):
     assert stats["skipped_by_kind"] == {
         "missing_field": 2,
         "unknown_role": 1,
-        "empty_turn": 1,
+        "empty_turn": 2,
+        "assistant_first": 1,
         "no_assistant": 1,
         "bad_type": 2,
         "bad_json": 1,
     }
     warning = " ".join(r.getMessage() for r in caplog.records if r.name == "data")
-    assert "skipped 8 of 10" in warning and "bad_json=1" in warning and "line 9" in warning
+    assert "skipped 10 of 12" in warning and "bad_json=1" in warning and "line 11" in warning
 
 
 def test_source_level_errors(tmp_path):
