@@ -54,6 +54,7 @@ def embedded_folder(name: str) -> str | None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     src = list(spec.submodule_search_locations)[0]
+    print(f"converting the embedded {name} (GGUF) to safetensors in {out} (~15 s, once) ...", flush=True)
     gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
     # A GGUF-loaded model refuses save_pretrained: copy its weights into a fresh model of the same config.

@@ -21,10 +21,10 @@ SHARD = 256  # examples per feature-cache shard file
 VERSION = 2  # 2: shards also hold the path tokens
 
 
-def tqdm_(total, desc, accelerator, initial=0):
+def tqdm_(total, desc, accelerator, initial=0, unit="it"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, disable=not accelerator.is_main_process)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not accelerator.is_main_process)
 
 
 def to_device(batch, device):
@@ -88,10 +88,16 @@ def cache_features(accelerator, cfg, base, ds, collate_fn, name):
     if not os.path.exists(os.path.join(folder, "index.json")):
         os.makedirs(folder, exist_ok=True)
         shards = range(accelerator.process_index, math.ceil(len(ds) / SHARD), accelerator.num_processes)
-        bar = tqdm_(len(shards), f"caching {name} features", accelerator)
+        sizes = {s: min(len(ds), (s + 1) * SHARD) - s * SHARD for s in shards}
+        # ticks per conversation (a shard of 256 takes minutes on a CPU), this process's share
+        bar = tqdm_(
+            sum(sizes.values()), f"caching {name} features (base model, once)", accelerator, unit="conv"
+        )
         for s in shards:
             out, bs = os.path.join(folder, shard_name(s)), cfg.train.eval_batch_size
-            idx = list(range(s * SHARD, min(len(ds), (s + 1) * SHARD)))
+            idx = list(range(s * SHARD, s * SHARD + sizes[s]))
+            if os.path.exists(out):
+                bar.update(sizes[s])
             hidden, targets, tokens, lengths = [], [], [], []
             for i in range(0, len(idx), bs) if not os.path.exists(out) else []:  # done by a killed run: skip
                 batch = to_device(collate_fn([ds[j] for j in idx[i : i + bs]]), base.device)
@@ -106,6 +112,7 @@ def cache_features(accelerator, cfg, base, ds, collate_fn, name):
                     targets.append(tg[b][keep[b]].cpu())
                     tokens.append(tok[b][keep[b]].cpu())
                     lengths.append(int(keep[b].sum()))
+                bar.update(len(h))
             if hidden:
                 tensors = {
                     "hidden": torch.cat(hidden),
@@ -115,7 +122,6 @@ def cache_features(accelerator, cfg, base, ds, collate_fn, name):
                 }
                 save_file({k: v.contiguous() for k, v in tensors.items()}, out + ".tmp")
                 os.replace(out + ".tmp", out)
-            bar.update(1)
         bar.close()
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:

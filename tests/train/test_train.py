@@ -139,14 +139,29 @@ def test_resume_gives_the_uninterrupted_weights(assets):
     assert all(r["loss"] == full_loss[r["step"]] for r in resumed)
 
 
-def test_cached_features_match_the_base(assets):
+def test_cached_features_match_the_base(assets, monkeypatch):
+    import train.features
+
     plain, cached = str(assets["root"] / "plain"), str(assets["root"] / "cached")
     run(assets, plain, "max_steps=2", "save_every=0", "eval_every=0")
     features = str(assets["root"] / "features")
+    bars = []
+    real_bar = train.features.tqdm_
+
+    def spy(total, desc, accelerator, **kw):
+        bar = real_bar(total, desc, accelerator, **kw)
+        bars.append((desc, total, []))
+        update = bar.update
+        bar.update = lambda n=1: bars[-1][2].append(n) or update(n)
+        return bar
+
+    monkeypatch.setattr(train.features, "tqdm_", spy)
     metrics = run(
         assets, cached, "max_steps=2", "save_every=0", "cache_features=true", f"features_dir={features}"
     )
     assert len(os.listdir(features)) == 2  # train and eval caches
+    desc, total, ticks = bars[0]  # the caching bar ticks per batch of conversations, not per 256-example shard
+    assert "caching train features" in desc and sum(ticks) == total and len(ticks) > 1
     l0, l1 = read_log(plain), read_log(cached)
     assert [r["loss"] for r in l0 if "loss" in r] == pytest.approx(
         [r["loss"] for r in l1 if "loss" in r], rel=1e-5
