@@ -15,8 +15,9 @@ demo: install
 	# 1) a short training run from the shipped distilled data (the full recipe reproduces the shipped heads)
 	$(PY) train/medusa.py recipes/smollm2-135m.yaml data.max_train_examples=48 data.max_eval_examples=16 \
 		data.calib_data=null output.output_dir=outputs/demo output.resume=none output.save_every=0
-	# 2) decode with the shipped heads (calibrated, auto node budget, auto dtype) against transformers generate and plain decoding
-	#    (the heads just trained: add --heads outputs/demo/final)
+	# 2) decode with the heads just trained (48 conversations: few tokens per step yet)
+	$(PY) -m infer.generate --heads outputs/demo/final --max-new-tokens 48 --prompt "Name three primary colours."
+	# 3) decode with the shipped heads (calibrated, auto node budget, auto dtype) against transformers generate and plain decoding
 	$(PY) -m infer.generate --compare --max-new-tokens 128 \
 		--prompt "Explain in three sentences why the sky is blue."
 
