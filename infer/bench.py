@@ -29,13 +29,12 @@ import sys
 
 import torch
 
+from .backbone import stop_ids
 from .base import DEFAULT_MODEL, load_base_model
 from .baselines import BASELINES, run_baseline
 from .budget import DEFAULT_SIZES, load_or_measure
-from .calibration import load_calibration
 from .decode import DEFAULT_CHOICES, DecodeConfig, DecodeResult, generate
-from .generate import SHIPPED_HEADS, encode, read_prompts
-from .heads import MedusaHeads, resolve_heads_path
+from .pipeline import SHIPPED_HEADS, PipelineError, encode, load_calibration, load_heads, read_prompts
 from .tree import sparse_tree_from_accuracies
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,11 +101,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def load_heads(path: str, model):
-    heads = MedusaHeads.from_pretrained(path)
-    heads.check_base(model)
-    heads.to(dtype=model.dtype).eval().requires_grad_(False)
-    return heads, load_calibration(resolve_heads_path(path))
+def heads_and_calibration(path: str, model):
+    heads = load_heads(path, model)
+    return heads, load_calibration(heads, path)
 
 
 def heads_specs(args) -> list[tuple[str, str]]:
@@ -267,6 +264,13 @@ def plot(summaries: list[dict], path: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except (PipelineError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def run(args) -> int:
     convs = read_prompts(args.prompts, args.limit + args.warmup, args.split)
     specs = heads_specs(args)
     label = ", ".join(
@@ -286,12 +290,11 @@ def main(argv=None) -> int:
     for dtype in args.dtype:
         model, tokenizer = load_base_model(args.model, dtype)
         dtype = str(model.dtype).replace("torch.", "") + (" (auto)" if dtype == "auto" else "")
-        eos = {model.generation_config.eos_token_id, tokenizer.eos_token_id} - {None}
-        eos = {e for x in eos for e in (x if isinstance(x, list) else [x])}
+        eos = stop_ids(model, tokenizer)
         modes = {}
         for j, (lb, path) in enumerate(specs):
-            heads, cal = load_heads(path, model)
-            cheap = load_heads(args.cheap_heads, model) if args.cheap_heads else None
+            heads, cal = heads_and_calibration(path, model)
+            cheap = heads_and_calibration(args.cheap_heads, model) if args.cheap_heads else None
             modes |= build_modes(
                 args, model, heads, cal, cheap, prefix=f"{lb}/" if lb else "", baselines=j == 0
             )

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .backbone import forward_hidden, project, tree_attention_mask
 from .base import cache_root
-from .decode import forward_hidden, project, tree_attention_mask
 from .tree import dynamic_tree, tree_buffers
 
 DEFAULT_SIZES = list(range(1, 17)) + list(range(20, 65, 4))  # tree sizes T (root included) measured

@@ -3,20 +3,28 @@
 One step: the heads' top-m tokens -> a tree (static or dynamic) -> one forward of the tree tokens with a 4-D
 attention mask and explicit position ids against the KV cache -> acceptance (greedy, typical or lossless tree
 speculative sampling) -> keep only the accepted path's KV entries (:func:`compact_kv`) -> the heads run on the
-one hidden state they need. The model code knows nothing of speculation. Batch size is 1.
+one hidden state they need. The model code knows nothing of speculation (the plumbing is :mod:`infer.backbone`).
+Batch size is 1 here; :mod:`infer.batch` decodes several prompts together with the same drafting and acceptance.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
+from .backbone import (
+    check_window,
+    compact_kv,
+    decoder_and_head,
+    forward_hidden,
+    project,
+    stop_ids,
+    tree_attention_mask,
+)
 from .tree import (
     Tree,
     conditional_static_tree,
@@ -95,75 +103,6 @@ class DecodeResult:
     @property
     def tokens_per_second(self) -> float:
         return len(self.tokens) / max(1e-9, self.time_total - self.time_prefill)
-
-
-# ------------------------------------------------------------------------------------------- model plumbing
-def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The transformer body (returns last hidden states, post final norm) and the output projection."""
-    return model.get_decoder(), model.get_output_embeddings()
-
-
-def forward_hidden(decoder, input_ids, cache, position_ids, attention_mask=None) -> torch.Tensor:
-    """input_ids [1, T] -> last hidden states [1, T, H], appending T entries to ``cache``."""
-    out = decoder(
-        input_ids=input_ids,
-        **{_cache_kwarg(decoder): cache},
-        position_ids=position_ids,
-        attention_mask=attention_mask,
-        use_cache=True,
-    )
-    return out.last_hidden_state
-
-
-def _cache_kwarg(decoder) -> str:
-    """transformers >= 5.3x names the cache argument ``cache``; older versions ``past_key_values``."""
-    name = getattr(decoder, "_medusa_cache_kwarg", None)
-    if name is None:
-        name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-        decoder._medusa_cache_kwarg = name
-    return name
-
-
-def project(model, lm_head, hidden: torch.Tensor) -> torch.Tensor:
-    """Hidden [..., H] -> logits [..., V] in fp32, with the model's final logit soft-capping if it has one."""
-    logits = lm_head(hidden).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
-
-
-def tree_attention_mask(tree_mask: torch.Tensor, prefix_len: int, dtype: torch.dtype) -> torch.Tensor:
-    """[T, T] bool -> additive 4-D mask [1, 1, T, prefix_len + T]: the prefix is visible to every node."""
-    T = tree_mask.shape[0]
-    mask = torch.zeros(1, 1, T, prefix_len + T, dtype=dtype, device=tree_mask.device)
-    mask[0, 0, :, prefix_len:].masked_fill_(~tree_mask, torch.finfo(dtype).min)
-    return mask
-
-
-def compact_kv(cache, prefix_len: int, keep: torch.Tensor) -> None:
-    """Keep only the tree positions ``keep`` [A] (ascending, tree-relative) after ``prefix_len`` cached tokens.
-
-    After it, the cache holds prefix + the accepted path, exactly as if those tokens had been decoded one by one.
-    """
-    A = keep.numel()
-    contiguous = bool((keep == torch.arange(A, device=keep.device)).all())
-    idx = keep + prefix_len
-    for layer in cache.layers:
-        for name in ("keys", "values"):
-            t = getattr(layer, name)  # [B, heads, L, D]
-            if not contiguous:
-                t[..., prefix_len : prefix_len + A, :] = t[..., idx, :]
-            setattr(layer, name, t[..., : prefix_len + A, :])
-
-
-def check_window(model, total_len: int) -> None:
-    """Sliding-window layers are run with full attention (our 4-D mask): exact only inside the window."""
-    cfg = model.config
-    window = getattr(cfg, "sliding_window", None)
-    if window and getattr(cfg, "use_sliding_window", True) and total_len > window:
-        raise ValueError(
-            f"{total_len} tokens exceed the model's sliding window of {window}: tree decoding here treats "
-            "attention as full attention, which is exact only within the window; shorten prompt or max_new_tokens"
-        )
 
 
 # ----------------------------------------------------------------------------------------------- acceptance
@@ -300,14 +239,6 @@ def draft_tree(heads, lm_head, embed, hidden, root_t, cfg: DecodeConfig, depth: 
     return tree, top_tokens, top_logp, heads_s
 
 
-def eos_ids(model, tokenizer=None) -> set[int]:
-    ids = getattr(model.generation_config, "eos_token_id", None)
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    if tokenizer is not None and tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return set(ids)
-
-
 def _now(device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -352,7 +283,7 @@ def generate(
         raise ValueError(f"input_ids must be [1, L] (batch size 1), got {tuple(input_ids.shape)}")
     if input_ids.shape[1] == 0:
         raise ValueError("empty prompt")
-    eos = eos_ids(model) if eos is None else eos
+    eos = stop_ids(model) if eos is None else eos
     device = input_ids.device
     decoder, lm_head = decoder_and_head(model)
     plain = cfg.tree == "none" or heads is None

@@ -10,22 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import torch
 
-from .base import DEFAULT_MODEL, BaseModelError, load_base_model
-from .decode import ACCEPTANCE, TREES, DecodeConfig, DecodeResult, generate, tree_room
-from .heads import HeadsError, MedusaHeads
-from .tree import sparse_tree_from_accuracies
-
-# The shipped heads of the default model, both with an 8,192-token head vocabulary: sequential heads
-# (recipes/smollm2-135m-sequential.yaml), the default because they measured faster (README, Results), and Medusa
-# heads (recipes/smollm2-135m.yaml).
-PRETRAINED = os.path.join(os.path.dirname(__file__), "pretrained")
-SHIPPED_HEADS = {DEFAULT_MODEL: os.path.join(PRETRAINED, "smollm2-135m-sequential")}
-SHIPPED_MEDUSA_HEADS = {DEFAULT_MODEL: os.path.join(PRETRAINED, "smollm2-135m")}
+from .base import DEFAULT_MODEL, BaseModelError
+from .calibration import CalibrationError
+from .decode import ACCEPTANCE, TREES, DecodeConfig, DecodeResult
+from .heads import HeadsError
+from .pipeline import PipelineError, load_pipeline, read_prompts, result_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,60 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ------------------------------------------------------------------------------------------------- prompts
-def read_prompts(path: str, limit: int | None = None, split: str | None = None) -> list[list[str]]:
-    """-> a list of conversations, each a list of user turns. split: only JSONL records whose "split" is this."""
-    if not os.path.exists(path):
-        raise SystemExit(f"error: prompt file not found: {path}")
-    convs = []
-    with open(path, "rb") as f:
-        for i, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise SystemExit(f"error: {path}:{i}: not UTF-8 text (byte {e.start} of the line)") from None
-            if not line.strip():
-                continue
-            if path.endswith(".jsonl"):
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SystemExit(f"error: {path}:{i}: bad JSON ({e})") from e
-                if not isinstance(rec, dict):
-                    raise SystemExit(
-                        f"error: {path}:{i}: expected a JSON object with 'turns' or 'prompt', got {type(rec).__name__}"
-                    )
-                if split is not None and rec.get("split") != split:
-                    continue
-                turns = rec.get("turns") if "turns" in rec else ([rec["prompt"]] if "prompt" in rec else None)
-                if (
-                    not isinstance(turns, list)
-                    or not turns
-                    or not all(isinstance(t, str) and t.strip() for t in turns)
-                ):
-                    raise SystemExit(
-                        f"error: {path}:{i}: expected non-empty 'turns' (list of strings) or 'prompt'"
-                    )
-                convs.append(turns)
-            else:
-                convs.append([line.rstrip("\n")])
-    if not convs:
-        raise SystemExit(f"error: no prompts in {path}" + (f" with split {split!r}" if split else ""))
-    return convs[:limit] if limit else convs
-
-
-def encode(tokenizer, messages: list[dict], chat_template: bool) -> torch.Tensor:
-    """Messages -> input ids [1, L]."""
-    if chat_template:
-        if tokenizer.chat_template is None:
-            raise SystemExit("error: the tokenizer has no chat template; pass --no-chat-template")
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-    else:
-        ids = tokenizer(messages[-1]["content"], return_tensors="pt").input_ids
-    return ids
-
-
 class Streamer:
     """Print decoded text as tokens arrive (re-decodes the turn so far; cheap at these lengths)."""
 
@@ -233,112 +172,63 @@ def decode_config(args, tree: str | None = None) -> DecodeConfig:
     )
 
 
-def load(args):
-    """-> (model, tokenizer, heads or None), with every failure turned into one clear message."""
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(
-            f"error: --device {args.device}, but this torch has no usable CUDA (torch {torch.__version__}); "
-            "use --device cpu"
-        )
-    try:
-        model, tokenizer = load_base_model(
-            args.model, args.dtype, args.revision, args.trust_remote_code, args.device
-        )
-    except BaseModelError as e:
-        raise SystemExit(f"error: {e}") from e
-    heads_path = args.heads or SHIPPED_HEADS.get(args.model)
-    heads = None
-    if args.tree != "none":
-        if heads_path is None or (args.heads is None and not os.path.isdir(heads_path)):
-            raise SystemExit(
-                f"error: no heads for {args.model}: pass --heads FOLDER_OR_HUB_ID, or --tree none"
-            )
-        try:
-            heads = MedusaHeads.from_pretrained(heads_path, revision=args.heads_revision)
-            heads.check_base(model)
-        except HeadsError as e:
-            raise SystemExit(f"error: {e}") from e
-        heads.to(device=args.device, dtype=next(model.parameters()).dtype).eval().requires_grad_(False)
-    return model, tokenizer, heads
-
-
-def load_heads_calibration(args, heads):
-    """The heads' calibration (auto: calibration.json beside the heads), checked against the head count."""
-    from .calibration import Calibration, CalibrationError, load_calibration
-    from .heads import resolve_heads_path
-
-    try:
-        if args.calibration == "auto":
-            cal = load_calibration(resolve_heads_path(args.heads or SHIPPED_HEADS[args.model]))
-        else:
-            cal = Calibration.from_file(args.calibration)
-        if cal is not None:
-            cal.check_heads(heads.num_heads)
-    except (CalibrationError, OSError) as e:
-        raise SystemExit(f"error: calibration: {e}") from e
-    return cal
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.prompt is not None and not args.prompt.strip():
-        raise SystemExit("error: empty prompt")
     try:
-        cfg = decode_config(args)
-    except (ValueError, json.JSONDecodeError) as e:
-        raise SystemExit(f"error: {e}") from e
-    model, tokenizer, heads = load(args)
-    if heads is not None and args.calibration != "none":
-        cfg.calibration = load_heads_calibration(args, heads)
-    rank_acc = getattr(cfg.calibration, "rank_accuracy", None)
-    if cfg.tree == "static" and cfg.medusa_choices is None and rank_acc:
-        # Medusa's recipe: grow the static tree on held-out per-rank accuracies (16 nodes under --node-budget auto)
-        n = 16 if str(args.node_budget) == "auto" else cfg.node_budget
-        cfg.medusa_choices = sparse_tree_from_accuracies(rank_acc[: cfg.depth or len(rank_acc)], n)
-    if heads is not None and cfg.tree == "dynamic" and str(args.node_budget) == "auto":
-        from .budget import DEFAULT_SIZES, load_or_measure
+        return run(args)
+    except (PipelineError, BaseModelError, HeadsError, CalibrationError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
 
-        sizes = [t for t in DEFAULT_SIZES if t <= args.max_nodes + 1]
-        cfg.latency = load_or_measure(
-            model, heads, args.device, sizes=sizes, force=args.remeasure, verbose=not args.json
-        )
+
+def run(args) -> int:
+    if args.prompt is not None and not args.prompt.strip():
+        raise PipelineError("empty prompt")
+    cfg = decode_config(args)
+    pipe = load_pipeline(
+        args.model,
+        args.heads,
+        dtype=args.dtype,
+        device=args.device,
+        revision=args.revision,
+        heads_revision=args.heads_revision,
+        trust_remote_code=args.trust_remote_code,
+        calibration=args.calibration,
+        config=cfg,
+        auto_budget=str(args.node_budget) == "auto",
+        max_nodes=args.max_nodes,
+        remeasure=args.remeasure,
+        verbose=not args.json,
+    )
+    model, tokenizer, heads = pipe.model, pipe.tokenizer, pipe.heads
     if args.prompt is not None:
         convs = [[args.prompt]]
     elif args.prompt_file is not None:
         convs = read_prompts(args.prompt_file, args.limit)
     else:
         convs = None  # interactive
-    context = getattr(model.config, "max_position_embeddings", None)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    eos = {model.generation_config.eos_token_id, tokenizer.eos_token_id} - {None}
-    eos = {e for x in eos for e in (x if isinstance(x, list) else [x])}
 
     def run_turn(messages: list[dict], where: dict | None = None) -> str:
-        ids = encode(tokenizer, messages, not args.no_chat_template).to(args.device)
-        if context and ids.shape[1] + args.max_new_tokens + tree_room(cfg, heads) > context:
-            raise SystemExit(
-                f"error: prompt of {ids.shape[1]} tokens + {args.max_new_tokens} new tokens exceeds the model's "
-                f"context of {context}; shorten the prompt or lower --max-new-tokens"
-            )
+        ids = pipe.encode(messages, not args.no_chat_template)
         streamer = Streamer(tokenizer, not (args.quiet or args.json))
-        out = generate(model, ids, heads, cfg, eos=eos, on_tokens=streamer, generator=generator)
+        out = pipe.generate(ids, cfg, on_tokens=streamer, generator=generator)
         if streamer.enabled:
             print()
         record = {**(where or {}), "prompt_tokens": ids.shape[1]}
-        record |= summary(out, "medusa" if heads is not None else "plain")
+        record |= result_summary(out, "medusa" if heads is not None else "plain")
         if args.compare and heads is not None:
             from .baselines import run_baseline
 
             torch.manual_seed(args.seed)
-            base = generate(model, ids, None, decode_config(args, tree="none"), eos=eos, generator=generator)
-            record.update(summary(base, "plain"))
+            base = pipe.generate(ids, decode_config(args, tree="none"), generator=generator)
+            record.update(result_summary(base, "plain"))
             # tokens/s ratio: in bf16 the two outputs may differ in length
             record["speedup"] = out.tokens_per_second / max(base.tokens_per_second, 1e-9)
             record["identical"] = base.tokens == out.tokens
             others = {}
             if cfg.acceptance == "greedy":  # transformers' own greedy decoding, and its prompt lookup
                 for name in ("hf-generate", "hf-prompt-lookup"):
-                    others[name] = run_baseline(name, model, ids, args.max_new_tokens, eos)
+                    others[name] = run_baseline(name, model, ids, args.max_new_tokens, pipe.eos)
                     tag = name.replace("-", "_")
                     record[f"{tag}_tokens_per_s"] = round(others[name].tokens_per_second, 2)
                     record[f"speedup_vs_{tag}"] = round(
@@ -394,26 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     for index, turns in enumerate(convs):
         messages = list(base_messages)
         for turn_no, turn in enumerate(turns):
-            if not turn.strip():
-                raise SystemExit("error: empty prompt")
             messages.append({"role": "user", "content": turn})
             if not (args.quiet or args.json):
                 print(f">>> {turn}")
             where = {"prompt_index": index, "turn": turn_no}
             messages.append({"role": "assistant", "content": run_turn(messages, where)})
     return 0
-
-
-def summary(r: DecodeResult, tag: str) -> dict:
-    return {
-        f"{tag}_new_tokens": len(r.tokens),
-        f"{tag}_steps": r.steps,
-        f"{tag}_tokens_per_step": round(r.tokens_per_step, 4),
-        f"{tag}_tokens_per_s": round(r.tokens_per_second, 2),
-        f"{tag}_time_s": round(r.time_total, 4),
-        f"{tag}_tree_s": round(r.time_tree, 4),
-        f"{tag}_heads_s": round(r.time_heads, 4),
-    }
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ import argparse
 
 import torch
 
+from .backbone import stop_ids
 from .base import DEFAULT_MODEL, load_base_model
 from .decode import DecodeConfig, generate
-from .generate import SHIPPED_HEADS, encode, read_prompts
+from .pipeline import SHIPPED_HEADS, PipelineError, encode, load_calibration, load_heads, read_prompts
 
 
 def visited_positions(prompt_len: int, accept_lengths: list[int]) -> list[int]:
@@ -57,15 +58,22 @@ def main(argv=None) -> None:
     p.add_argument("--node-budget", type=int, default=16, help="dynamic tree nodes")
     args = p.parse_args(argv)
 
-    from .bench import load_heads
+    try:
+        run(args)
+    except (PipelineError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
 
+
+def run(args) -> None:
     model, tok = load_base_model(args.model, "float32")
-    heads, cal = load_heads(args.heads or SHIPPED_HEADS[args.model], model)
+    path = args.heads or SHIPPED_HEADS[args.model]
+    heads = load_heads(path, model)
+    cal = load_calibration(heads, path)
     total, predicted, realised = 0, [], []
     for turns in read_prompts(args.prompts, args.limit, args.split):
         ids = encode(tok, [{"role": "user", "content": turns[0]}], tok.chat_template is not None)
         cfg = DecodeConfig(node_budget=args.node_budget, calibration=cal, max_new_tokens=args.max_new_tokens)
-        res = generate(model, ids, heads, cfg, eos={tok.eos_token_id} - {None})
+        res = generate(model, ids, heads, cfg, eos=stop_ids(model, tok))
         seq = torch.cat([ids[0], torch.tensor(res.tokens, dtype=torch.long)])  # [T]
         with torch.no_grad():
             hidden = model.get_decoder()(seq[None]).last_hidden_state[0]  # [T, H]

@@ -80,7 +80,7 @@ def greedy_chain(model, ids: torch.Tensor, positions: torch.Tensor, depth: int, 
     that extend every position's chain at once (a block mask: prefix up to its position + its own chain)."""
     from transformers import DynamicCache
 
-    from infer.decode import compact_kv, decoder_and_head, forward_hidden, project
+    from infer.backbone import additive_mask, decoder_and_head, forward_hidden, project, truncate_cache
 
     decoder, lm_head = decoder_and_head(model)
     dtype = next(model.parameters()).dtype
@@ -90,15 +90,15 @@ def greedy_chain(model, ids: torch.Tensor, positions: torch.Tensor, depth: int, 
     first = project(model, lm_head, hidden).argmax(-1)  # [T]
     chains = []
     for c in positions.to(dev).split(chunk):
-        compact_kv(cache, T, torch.zeros(0, dtype=torch.long, device=dev))  # back to the sequence itself
+        truncate_cache(cache, T)  # back to the sequence itself
         P = c.numel()
         prefix = torch.arange(T, device=dev)[None] <= c[:, None]  # [P, T]
         chain = [first[c]]
         for j in range(1, depth + 1):
             visible = torch.cat([prefix, torch.eye(P, dtype=torch.bool, device=dev).repeat(1, j)], 1)
-            mask = torch.zeros(1, 1, P, T + j * P, dtype=dtype, device=dev)
-            mask[0, 0].masked_fill_(~visible, torch.finfo(dtype).min)
-            h = forward_hidden(decoder, chain[-1][None], cache, (c + j)[None], mask)[0]  # [P, H]
+            h = forward_hidden(decoder, chain[-1][None], cache, (c + j)[None], additive_mask(visible, dtype))[
+                0
+            ]
             chain.append(project(model, lm_head, h).argmax(-1))
         chains.append(torch.stack(chain))
     return hidden, torch.cat(chains, 1)
@@ -124,7 +124,7 @@ def collect(
     betas [G]; valid [K, N] (head k scored at that position); example [N]; and counts.
     """
     from data.chat import IGNORE_INDEX, tokenize_messages
-    from infer.decode import decoder_and_head
+    from infer.backbone import decoder_and_head
 
     K = heads.num_heads
     device = next(model.parameters()).device
@@ -215,7 +215,8 @@ def collect_decode(
     the tokens greedy decoding went on to emit) and whether each is that true token. An event of depth k+1
     counts only where the true tokens of depths 1..k were each among their head's top-m: the node's parent could
     be in the tree and accepted. Same output as :func:`collect` (one "position" per tree step)."""
-    from infer.decode import DecodeConfig, decoder_and_head, eos_ids, generate
+    from infer.backbone import decoder_and_head, stop_ids
+    from infer.decode import DecodeConfig, generate
 
     K = heads.num_heads
     device = next(model.parameters()).device
@@ -225,7 +226,7 @@ def collect_decode(
     embed = model.get_input_embeddings()
     cfg = DecodeConfig(tree="dynamic", node_budget=node_budget, top_m=8, max_new_tokens=max_new_tokens)
     cfg.keep_hidden = True
-    eos = eos_ids(model, tokenizer)
+    eos = stop_ids(model, tokenizer)
     parts: dict[str, list] = {k: [] for k in ("top_logits", "correct", "lse", "dlse", "valid", "example")}
     used, steps, tokens = 0, 0, 0
     for rec in records[:max_examples] if max_examples else records:

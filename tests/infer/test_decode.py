@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from infer.decode import DecodeConfig, compact_kv, forward_hidden, generate, tree_attention_mask
+from infer.backbone import compact_kv, forward_hidden, tree_attention_mask
+from infer.decode import DecodeConfig, generate
 from infer.tree import static_tree, tree_buffers
 from tests.tiny import FAMILIES, fit_oracle_heads, greedy_continuations, tiny_model
 

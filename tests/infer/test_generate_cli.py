@@ -107,29 +107,29 @@ def test_static_tree_grows_from_calibrated_rank_accuracies(folders, calibrated_h
 
 
 def test_read_prompts_by_split(tmp_path):
-    from infer.generate import read_prompts
+    from infer.pipeline import PipelineError, read_prompts
 
     f = tmp_path / "p.jsonl"
     recs = [{"split": "train", "turns": ["a"]}, {"split": "eval", "turns": ["b", "c"]}, {"turns": ["d"]}]
     f.write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert read_prompts(str(f), split="eval") == [["b", "c"]]
     assert len(read_prompts(str(f))) == 3
-    with pytest.raises(SystemExit, match="no prompts .* with split 'calib'"):
+    with pytest.raises(PipelineError, match="no prompts .* with split 'calib'"):
         read_prompts(str(f), split="calib")
 
 
 def test_turns_must_be_a_list(tmp_path):
-    from infer.generate import read_prompts
+    from infer.pipeline import PipelineError, read_prompts
 
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"turns": "Hello"}) + "\n")
-    with pytest.raises(SystemExit, match="expected non-empty 'turns'"):
+    with pytest.raises(PipelineError, match="expected non-empty 'turns'"):
         read_prompts(str(f))
     f.write_text(json.dumps(["a", "list"]) + "\n")
-    with pytest.raises(SystemExit, match=r"p.jsonl:1: expected a JSON object"):
+    with pytest.raises(PipelineError, match=r"p.jsonl:1: expected a JSON object"):
         read_prompts(str(f))
     f.write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
-    with pytest.raises(SystemExit, match=r"p.jsonl:2: not UTF-8 text"):
+    with pytest.raises(PipelineError, match=r"p.jsonl:2: not UTF-8 text"):
         read_prompts(str(f))
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from infer.base import DEFAULT_MODEL
 from infer.calibration import load_calibration
-from infer.generate import SHIPPED_HEADS, SHIPPED_MEDUSA_HEADS
 from infer.heads import MedusaHeads
+from infer.pipeline import SHIPPED_HEADS, SHIPPED_MEDUSA_HEADS
 
 
 @pytest.mark.parametrize("folder,kind", [(SHIPPED_HEADS[DEFAULT_MODEL], "sequential"),

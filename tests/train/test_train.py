@@ -160,7 +160,8 @@ def test_cached_features_match_the_base(assets, monkeypatch):
         assets, cached, "max_steps=2", "save_every=0", "cache_features=true", f"features_dir={features}"
     )
     assert len(os.listdir(features)) == 2  # train and eval caches
-    desc, total, ticks = bars[0]  # the caching bar ticks per batch of conversations, not per 256-example shard
+    # the caching bar ticks per batch of conversations, not per 256-example shard
+    desc, total, ticks = bars[0]
     assert "caching train features" in desc and sum(ticks) == total and len(ticks) > 1
     l0, l1 = read_log(plain), read_log(cached)
     assert [r["loss"] for r in l0 if "loss" in r] == pytest.approx(

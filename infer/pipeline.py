@@ -1,0 +1,237 @@
+"""One inference pipeline: the base model, its heads, their calibration and the latency profile, loaded and checked
+in one place; prompts read and encoded one way; one context check. Every entry point (``infer.generate``,
+``infer.bench``, ``infer.position_bias``, ``infer.serve``) builds on this module and none imports another.
+
+Everything here raises exceptions (:class:`PipelineError`, a ``ValueError``, or the loaders' own ``BaseModelError``
+/ ``HeadsError`` / ``CalibrationError``); only the command-line entry points turn them into ``error: ...`` exits.
+
+    from infer.pipeline import load_pipeline
+    pipe = load_pipeline()                                  # embedded default + shipped heads, auto dtype/budget
+    ids = pipe.encode([{"role": "user", "content": "Hi"}])  # [1, L]
+    result = pipe.generate(ids, max_new_tokens=64)          # infer.decode.DecodeResult
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .backbone import stop_ids
+from .base import DEFAULT_MODEL, load_base_model
+from .decode import DecodeConfig, DecodeResult, generate, tree_room
+from .heads import MedusaHeads
+
+# The shipped heads of the default model, both with an 8,192-token head vocabulary: sequential heads
+# (recipes/smollm2-135m-sequential.yaml), the default because they measured faster (README, Results), and Medusa
+# heads (recipes/smollm2-135m.yaml).
+PRETRAINED = os.path.join(os.path.dirname(__file__), "pretrained")
+SHIPPED_HEADS = {DEFAULT_MODEL: os.path.join(PRETRAINED, "smollm2-135m-sequential")}
+SHIPPED_MEDUSA_HEADS = {DEFAULT_MODEL: os.path.join(PRETRAINED, "smollm2-135m")}
+
+
+class PipelineError(ValueError):
+    """Input the pipeline cannot use: a prompt file, a prompt, a device, a context overflow."""
+
+
+# ------------------------------------------------------------------------------------------------- prompts
+def read_prompts(path: str, limit: int | None = None, split: str | None = None) -> list[list[str]]:
+    """-> a list of conversations, each a list of user turns. ``.jsonl``: records with "turns" (list of strings)
+    or "prompt"; other files: one prompt a line. split: only JSONL records whose "split" is this."""
+    if not os.path.exists(path):
+        raise PipelineError(f"prompt file not found: {path}")
+    convs = []
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise PipelineError(f"{path}:{i}: not UTF-8 text (byte {e.start} of the line)") from None
+            if not line.strip():
+                continue
+            if not path.endswith(".jsonl"):
+                convs.append([line.rstrip("\n")])
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PipelineError(f"{path}:{i}: bad JSON ({e})") from None
+            if not isinstance(rec, dict):
+                raise PipelineError(
+                    f"{path}:{i}: expected a JSON object with 'turns' or 'prompt', got {type(rec).__name__}"
+                )
+            if split is not None and rec.get("split") != split:
+                continue
+            turns = rec.get("turns") if "turns" in rec else ([rec["prompt"]] if "prompt" in rec else None)
+            if (
+                not isinstance(turns, list)
+                or not turns
+                or not all(isinstance(t, str) and t.strip() for t in turns)
+            ):
+                raise PipelineError(f"{path}:{i}: expected non-empty 'turns' (list of strings) or 'prompt'")
+            convs.append(turns)
+    if not convs:
+        raise PipelineError(f"no prompts in {path}" + (f" with split {split!r}" if split else ""))
+    return convs[:limit] if limit else convs
+
+
+def encode(tokenizer, messages: list[dict], chat_template: bool = True) -> torch.Tensor:
+    """Messages -> input ids [1, L] (the chat template with the assistant's generation prompt, or the last
+    message's text alone)."""
+    if not messages or not all(isinstance(m.get("content"), str) for m in messages):
+        raise PipelineError("messages must be a non-empty list of {'role', 'content': str}")
+    if not messages[-1]["content"].strip():
+        raise PipelineError("empty prompt")
+    if chat_template:
+        if tokenizer.chat_template is None:
+            raise PipelineError("the tokenizer has no chat template; pass --no-chat-template")
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    return tokenizer(messages[-1]["content"], return_tensors="pt").input_ids
+
+
+def context_length(model) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def check_context(model, prompt_len: int, max_new_tokens: int, room: int = 0) -> None:
+    """The one context check: prompt + new tokens + the tree's extra cache slots must fit the model's context."""
+    context = context_length(model)
+    if context and prompt_len + max_new_tokens + room > context:
+        raise PipelineError(
+            f"prompt of {prompt_len} tokens + {max_new_tokens} new tokens exceeds the model's context of "
+            f"{context}; shorten the prompt or lower the number of new tokens"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ pipeline
+@dataclass
+class Pipeline:
+    model: object
+    tokenizer: object
+    heads: MedusaHeads | None
+    config: DecodeConfig  # the default decoding settings (calibration and latency profile attached)
+    device: str = "cpu"
+    name: str = DEFAULT_MODEL  # the base model's id, as asked
+
+    @property
+    def eos(self) -> set[int]:
+        return stop_ids(self.model, self.tokenizer)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def encode(self, messages: list[dict], chat_template: bool = True) -> torch.Tensor:
+        return encode(self.tokenizer, messages, chat_template).to(self.device)
+
+    def decode_config(self, **changes) -> DecodeConfig:
+        """The pipeline's settings with ``changes`` (e.g. max_new_tokens, tree, temperature), validated."""
+        return dataclasses.replace(self.config, **changes)
+
+    def generate(self, input_ids, cfg: DecodeConfig | None = None, on_tokens=None, generator=None, **changes):
+        """input ids [1, L] -> DecodeResult, after the context check."""
+        cfg = cfg or self.decode_config(**changes)
+        heads = None if cfg.tree == "none" else self.heads
+        check_context(self.model, input_ids.shape[1], cfg.max_new_tokens, tree_room(cfg, heads))
+        return generate(
+            self.model, input_ids, heads, cfg, eos=self.eos, on_tokens=on_tokens, generator=generator
+        )
+
+
+def check_device(device: str) -> None:
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise PipelineError(
+            f"device {device}, but this torch has no usable CUDA (torch {torch.__version__}); use cpu"
+        )
+
+
+def load_heads(path: str | None, model, revision: str | None = None, name: str = DEFAULT_MODEL):
+    """Heads for ``model``: ``path`` (folder or Hub id), else the shipped heads of ``name``; checked against the
+    model, moved to its device and dtype, frozen."""
+    heads_path = path or SHIPPED_HEADS.get(name)
+    if heads_path is None or (path is None and not os.path.isdir(heads_path)):
+        raise PipelineError(f"no heads for {name}: pass heads (a folder or Hub id), or decode without a tree")
+    heads = MedusaHeads.from_pretrained(heads_path, revision=revision)
+    heads.check_base(model)
+    param = next(model.parameters())
+    return heads.to(device=param.device, dtype=param.dtype).eval().requires_grad_(False)
+
+
+def load_calibration(
+    heads: MedusaHeads, heads_path: str | None, calibration: str = "auto", name=DEFAULT_MODEL
+):
+    """ "auto": calibration.json beside the heads (None when absent); "none": None; else a calibration file."""
+    from .calibration import Calibration
+    from .calibration import load_calibration as beside
+    from .heads import resolve_heads_path
+
+    if calibration == "none":
+        return None
+    if calibration == "auto":
+        cal = beside(resolve_heads_path(heads_path or SHIPPED_HEADS[name]))
+    else:
+        cal = Calibration.from_file(calibration)
+    if cal is not None:
+        cal.check_heads(heads.num_heads)
+    return cal
+
+
+def load_pipeline(
+    model: str | None = None,
+    heads: str | None = None,
+    *,
+    dtype: str = "auto",
+    device: str = "cpu",
+    revision: str | None = None,
+    heads_revision: str | None = None,
+    trust_remote_code: bool = False,
+    calibration: str = "auto",
+    config: DecodeConfig | None = None,
+    auto_budget: bool = True,
+    max_nodes: int = 32,
+    remeasure: bool = False,
+    verbose: bool = True,
+) -> Pipeline:
+    """Base model + heads (+ calibration, + the latency profile of the auto node budget) -> Pipeline.
+
+    ``model`` None: the embedded default; ``heads`` None: its shipped heads (``config.tree == "none"``: no heads).
+    ``auto_budget``: dynamic trees pick their node count each step (<= max_nodes) from measured latency.
+    """
+    from .tree import sparse_tree_from_accuracies
+
+    check_device(device)
+    name = model or DEFAULT_MODEL
+    cfg = config or DecodeConfig(node_budget=max_nodes)
+    base, tokenizer = load_base_model(model, dtype, revision, trust_remote_code, device, verbose=verbose)
+    loaded = None
+    if cfg.tree != "none":
+        loaded = load_heads(heads, base, heads_revision, name)
+        cfg.calibration = load_calibration(loaded, heads, calibration, name)
+        rank_acc = getattr(cfg.calibration, "rank_accuracy", None)
+        if cfg.tree == "static" and cfg.medusa_choices is None and rank_acc:
+            # Medusa's recipe: grow the static tree on held-out per-rank accuracies (16 nodes under auto)
+            n = 16 if auto_budget else cfg.node_budget
+            cfg.medusa_choices = sparse_tree_from_accuracies(rank_acc[: cfg.depth or len(rank_acc)], n)
+        if cfg.tree == "dynamic" and auto_budget:
+            from .budget import DEFAULT_SIZES, load_or_measure
+
+            sizes = [t for t in DEFAULT_SIZES if t <= max_nodes + 1]
+            cfg.latency = load_or_measure(base, loaded, device, sizes=sizes, force=remeasure, verbose=verbose)
+    return Pipeline(base, tokenizer, loaded, cfg, device, name)
+
+
+def result_summary(r: DecodeResult, tag: str) -> dict:
+    """A DecodeResult's figures as flat JSON fields prefixed with ``tag``."""
+    return {
+        f"{tag}_new_tokens": len(r.tokens),
+        f"{tag}_steps": r.steps,
+        f"{tag}_tokens_per_step": round(r.tokens_per_step, 4),
+        f"{tag}_tokens_per_s": round(r.tokens_per_second, 2),
+        f"{tag}_time_s": round(r.time_total, 4),
+        f"{tag}_tree_s": round(r.time_tree, 4),
+        f"{tag}_heads_s": round(r.time_heads, 4),
+    }
