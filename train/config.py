@@ -131,6 +131,7 @@ class OutputConfig:
     hub_private: bool = False  # create that repo private
     hub_base_model: str | None = None  # base model's Hub id for the card, if name_or_path is a folder
     license: str | None = None  # license id written in the pushed model card's metadata (e.g. apache-2.0)
+    export: list[str] = field(default_factory=list)  # after training: final/ in these formats (train.export)
 
 
 @dataclass
@@ -192,6 +193,19 @@ class Recipe:
         for name in ("medusa_num_layers", "head_vocab_size"):
             if getattr(self.heads, name) < 0:
                 raise RecipeError(f"heads.{name} must be >= 0")
+        export_formats = ("vllm", "tgi", "trtllm", "medusa1")
+        for fmt in self.output.export:
+            _choice("output.export", fmt, export_formats)
+        if self.output.export and self.heads.head_type == "sequential":
+            raise RecipeError(
+                "output.export: sequential heads read the draft path's embeddings, which no serving engine's "
+                "Medusa layout holds; train Medusa heads (heads.head_type: medusa) to export"
+            )
+        if "medusa1" in self.output.export and self.heads.medusa_num_layers > 1:
+            raise RecipeError(
+                "output.export: medusa1 (FasterDecoding) shares one block across layers; with "
+                "heads.medusa_num_layers > 1 export tgi or trtllm instead"
+            )
         for name in ("save_every", "save_total_limit"):
             if getattr(self.output, name) < 0:
                 raise RecipeError(f"output.{name} must be >= 0")

@@ -467,6 +467,8 @@ def main(argv=None):
                 )
             except (CalibrationError, HeadsError, RecipeError, ValueError, OSError) as e:
                 accelerator.print(f"calibration failed ({e}); the heads in final/ are usable uncalibrated")
+    if not stopped and is_main:
+        export(cfg, os.path.join(out_dir, "final"))
     push_error = push(cfg, os.path.join(out_dir, "final")) if not stopped and is_main else None
     accelerator.end_training()
     if is_main:
@@ -516,6 +518,22 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def export(cfg, final):
+    """output.export: final/ in each serving engine's layout, under output_dir/export/<format>. A failure is
+    reported and training still succeeds (final/ is complete; ``python -m train.export`` can redo it)."""
+    from train.export import ExportError, export_heads
+
+    for fmt in cfg.output.export:
+        out = os.path.join(cfg.output.output_dir, "export", fmt)
+        try:
+            export_heads(final, fmt, out, base_model=cfg.model.name_or_path, force=True)
+            print(f"exported {final} for {fmt}: {out}")
+        except (ExportError, ValueError, OSError) as e:
+            print(
+                f"export to {fmt} failed ({e}); retry: python -m train.export {final} --format {fmt} --out {out}"
+            )
 
 
 def push(cfg, final):

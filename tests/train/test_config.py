@@ -81,6 +81,9 @@ def test_unknown_keys_are_errors():
         ({"train": {"adam_betas": [0.9, 2.0]}}, r"train.adam_betas must be two numbers in \[0, 1\)"),
         ({"heads": {"decay": -3}}, "heads.decay must be a finite number >= 0"),
         ({"heads": {"head_type": "hydra"}}, "heads.head_type must be one of"),
+        ({"output": {"export": ["onnx"]}}, "output.export must be one of"),
+        ({"output": {"export": ["vllm"]}, "heads": {"head_type": "sequential"}}, "sequential heads read"),
+        ({"output": {"export": ["medusa1"]}, "heads": {"medusa_num_layers": 2}}, "export tgi or trtllm"),
     ],
 )
 def test_wrong_types_and_values_are_errors(raw, match):

@@ -367,3 +367,28 @@ def test_calibration_after_training_is_a_function_call(assets, monkeypatch):
     (folder, data), kw = calls[0]
     assert folder == os.path.join(out, "final") and data == assets["data"]
     assert kw["split"] == "calib" and kw["model_name"] == assets["model"]
+
+
+def test_export_at_the_end_of_training(assets):
+    """output.export: final/ exported for serving engines; each export loads back with the same head logits."""
+    from infer.heads import MedusaHeads
+
+    out = str(assets["root"] / "exported")
+    run(
+        assets,
+        out,
+        "max_steps=1",
+        "save_every=0",
+        "eval_every=0",
+        "export=[vllm, tgi]",
+        "layout=shared_lm_head",
+    )
+    from transformers import AutoModelForCausalLM
+
+    final = MedusaHeads.from_pretrained(os.path.join(out, "final"))
+    lm_head = AutoModelForCausalLM.from_pretrained(assets["model"]).get_output_embeddings()
+    h = torch.randn(3, final.config.hidden_size)
+    for fmt in ("vllm", "tgi"):
+        back = MedusaHeads.from_pretrained(os.path.join(out, "export", fmt))
+        lm = None if back.lm_heads is not None else lm_head
+        torch.testing.assert_close(back(h, lm), final(h, lm_head), atol=1e-5, rtol=1e-5)
