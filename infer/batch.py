@@ -1,0 +1,295 @@
+"""Batched Medusa decoding: B prompts of different lengths decode together, each row with its own tree (dynamic or
+static), its own accepted length per step, its own position ids and its own stop; finished rows leave the batch
+and new rows join it at step boundaries (the server's continuous batching).
+
+The batch shares one KV cache [B, heads, S, D]. A new row is prefilled alone (exactly as batch-1 decoding does)
+and its cache appended as a new batch row. Each step every row verifies its tree in one forward of [B, T] tokens
+(T = the biggest tree, smaller trees padded with nodes that see only themselves), with a 4-D mask built from each
+row's ``valid`` slots and tree mask, and position ids ``pos_b + depth``. After acceptance, each row's accepted path
+is moved to the front of the step's block (:func:`infer.backbone.compact_rows`); the rest are holes that the mask
+hides, squeezed out now and then (:func:`infer.backbone.pack_rows`). Drafting and acceptance are batch-1's own
+functions (:mod:`infer.decode`), so greedy output of every row equals its batch-1 output (fp32).
+
+    decoder = BatchDecoder(model, heads, cfg, eos)
+    rows = [decoder.add(ids) for ids in prompts]   # ids [1, L_b]
+    while decoder.active:
+        decoder.step()                             # rows[b].result grows; finished rows leave
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .backbone import (
+    additive_mask,
+    check_window,
+    compact_rows,
+    decoder_and_head,
+    forward_hidden,
+    merge_rows,
+    pack_rows,
+    project,
+    select_rows,
+    stop_ids,
+)
+from .decode import (
+    DEFAULT_CHOICES,
+    DecodeConfig,
+    DecodeResult,
+    _emit,
+    _now,
+    _pick,
+    accept_deterministic,
+    accept_sample,
+    draft_tree,
+    expected_tokens,
+    tree_room,
+)
+from .tree import static_tree, top_nodes, tree_buffers, tree_tokens
+
+
+@dataclass
+class Row:
+    """One sequence of the batch."""
+
+    cfg: DecodeConfig  # its own max_new_tokens / acceptance / temperature (the drafting settings are the batch's)
+    result: DecodeResult
+    on_tokens: Callable[[list[int]], None] | None = None  # called with each step's new tokens (streaming)
+    generator: torch.Generator | None = None
+    tag: object = None  # the caller's id for this row
+    root: int = 0  # the last emitted token: the next step's root
+    pos: int = 0  # its position id (= tokens of the row so far, prompt included, minus one)
+    hidden: torch.Tensor | None = field(default=None, repr=False)  # [H] hidden state the heads read
+    done: bool = False
+    cancelled: bool = False
+
+
+class BatchDecoder:
+    """Continuous batched decoding over one shared cache. ``cfg.tree == "none"`` or no heads: plain batched
+    decoding with the same machinery (the fair baseline). ``latency``: an :class:`infer.budget.BatchLatency`, the
+    node budget chosen each step for the whole batch from the profile of its batch size."""
+
+    def __init__(
+        self, model, heads=None, cfg: DecodeConfig | None = None, eos: set[int] | None = None, latency=None
+    ):
+        from transformers import DynamicCache
+
+        self.model, self.cfg = model, cfg or DecodeConfig()
+        self.plain = self.cfg.tree == "none" or heads is None
+        self.heads = None if self.plain else heads
+        self.eos = stop_ids(model) if eos is None else eos
+        self.decoder, self.lm_head = decoder_and_head(model)
+        self.embed = model.get_input_embeddings() if self.heads is not None and heads.sequential else None
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.latency = None if self.plain or self.cfg.tree != "dynamic" else latency
+        self.static = self.static_buffers = None
+        self.depth = 0
+        if not self.plain:
+            self.depth = heads.num_heads if self.cfg.depth is None else min(self.cfg.depth, heads.num_heads)
+            if self.cfg.tree == "static":
+                choices = self.cfg.medusa_choices or [c for c in DEFAULT_CHOICES if len(c) <= self.depth]
+                self.static = static_tree(choices)
+                if self.static.max_depth > self.depth:
+                    raise ValueError(
+                        f"the static tree is {self.static.max_depth} deep but {self.depth} heads are used"
+                    )
+                self.static_buffers = tree_buffers(self.static)
+        self.top_m = self.cfg.top_m if self.static is None else int(self.static.rank.max()) + 1
+        self.rows: list[Row] = []
+        self.cache = DynamicCache()
+        self.valid = torch.zeros(0, 0, dtype=torch.bool, device=self.device)  # [B, S]: real slots of each row
+
+    @property
+    def active(self) -> list[Row]:
+        return list(self.rows)
+
+    # ------------------------------------------------------------------------------------------- rows in/out
+    @torch.no_grad()
+    def add(
+        self,
+        input_ids: torch.Tensor,
+        cfg: DecodeConfig | None = None,
+        on_tokens=None,
+        generator=None,
+        tag=None,
+    ):
+        """Prefill one prompt ``input_ids`` [1, L] alone and append it to the batch -> its Row (already holding
+        the prefill's token; ``row.done`` when that token ended it)."""
+        from transformers import DynamicCache
+
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be [1, L] with L >= 1, got {tuple(input_ids.shape)}")
+        cfg = cfg or self.cfg
+        check_window(self.model, input_ids.shape[1] + cfg.max_new_tokens + tree_room(self.cfg, self.heads))
+        row = Row(cfg=cfg, result=DecodeResult(tokens=[]), on_tokens=on_tokens, generator=generator, tag=tag)
+        t0 = _now(self.device)
+        L = input_ids.shape[1]
+        cache = DynamicCache()
+        hidden = forward_hidden(self.decoder, input_ids, cache, torch.arange(L, device=self.device)[None])[
+            0, -1
+        ]
+        row.root = _pick(project(self.model, self.lm_head, hidden), cfg, generator)
+        row.hidden, row.pos = hidden, L
+        row.result.time_prefill = _now(self.device) - t0
+        row.result.time_total = row.result.time_prefill
+        row.done = _emit(row.result, [row.root], self.eos, cfg, on_tokens, step=False)
+        if row.done:
+            return row
+        valid = torch.ones(1, L, dtype=torch.bool, device=self.device)
+        if not self.rows:
+            self.cache, self.valid = cache, valid
+        else:
+            self.valid = merge_rows(self.cache, self.valid, cache, valid)
+        self.rows.append(row)
+        return row
+
+    def cancel(self, row: Row) -> None:
+        """Stop a row (a client went away): it leaves the batch at the next step boundary."""
+        row.cancelled = True
+
+    def _drop(self, keep: list[int]) -> None:
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            from transformers import DynamicCache
+
+            self.cache, self.valid = DynamicCache(), self.valid[:0]
+            return
+        idx = torch.tensor(keep, device=self.device)
+        select_rows(self.cache, idx)
+        self.valid = self.valid.index_select(0, idx)
+
+    # ------------------------------------------------------------------------------------------------ a step
+    @torch.no_grad()
+    def step(self) -> list[Row]:
+        """One decoding step for every row -> the rows that finished (or were cancelled) and left the batch."""
+        gone = [r for r in self.rows if r.cancelled]
+        self._drop([i for i, r in enumerate(self.rows) if not r.cancelled])
+        if not self.rows:
+            return gone
+        t0 = _now(self.device)
+        B, S = len(self.rows), self.valid.shape[1]
+        latency = self.latency.for_batch(B) if self.latency is not None else None
+        drafting = not self.plain and (latency is None or latency.want_draft())
+        trees, tops = [], []
+        if drafting:
+            for r in self.rows:
+                root_t = torch.tensor(r.root, device=self.device)
+                tree, top_tokens, top_logp, _ = draft_tree(
+                    self.heads,
+                    self.lm_head,
+                    self.embed,
+                    r.hidden,
+                    root_t,
+                    self.cfg,
+                    self.depth,
+                    self.top_m,
+                    self.static,
+                )
+                trees.append(tree)
+                tops.append((root_t, top_tokens, top_logp))
+            if latency is not None:  # one budget for the batch: the n best paths of each row, summed tokens/s
+                n = latency.best_budget([t.score[1:].sort(descending=True).values for t in trees])
+                trees = [top_nodes(t, n) for t in trees]
+        t1 = _now(self.device)
+        if drafting and trees[0].size > 1:
+            fixed = self.static is not None and not self.heads.sequential  # the static tree's own buffers
+            buffers = [self.static_buffers if fixed else tree_buffers(t) for t in trees]
+            tokens = [tree_tokens(t, root_t, top) for t, (root_t, top, _) in zip(trees, tops)]
+            masks = [b.tree_mask for b in buffers]
+            offsets = [b.position_offsets for b in buffers]
+        else:  # plain step: every row verifies its root alone
+            drafting = False
+            tokens = [torch.tensor([r.root], device=self.device) for r in self.rows]
+            masks = [torch.ones(1, 1, dtype=torch.bool, device=self.device)] * B
+            offsets = [torch.zeros(1, dtype=torch.long, device=self.device)] * B
+        T = max(t.numel() for t in tokens)
+        ids = torch.zeros(B, T, dtype=torch.long, device=self.device)
+        pos = torch.zeros(B, T, dtype=torch.long, device=self.device)
+        visible = torch.zeros(B, T, S + T, dtype=torch.bool, device=self.device)
+        visible[:, :, S:] = torch.eye(
+            T, dtype=torch.bool, device=self.device
+        )  # padding nodes: only themselves
+        for b, r in enumerate(self.rows):
+            n = tokens[b].numel()
+            ids[b, :n], ids[b, n:] = tokens[b], r.root
+            pos[b, :n], pos[b, n:] = offsets[b] + r.pos, r.pos
+            visible[b, :n, :S] = self.valid[b]
+            visible[b, :n, S : S + n] = masks[b]
+        t2 = _now(self.device)
+        hiddens = forward_hidden(
+            self.decoder, ids, self.cache, pos, additive_mask(visible, self.dtype)
+        )  # [B, T, H]
+        logits = project(self.model, self.lm_head, hiddens)  # [B, T, V]
+        paths, finished = [], []
+        for b, r in enumerate(self.rows):
+            n = tokens[b].numel()
+            if drafting:
+                tree = trees[b]
+                if r.cfg.acceptance == "sample":
+                    path, root = accept_sample(tree, tokens[b], logits[b, :n], r.cfg, r.generator)
+                else:
+                    path, root = accept_deterministic(
+                        tree, masks[b], tokens[b], logits[b, :n], r.cfg, r.generator
+                    )
+                r.result.predicted.append(expected_tokens(tree, masks[b], tops[b][2]))
+            else:
+                path, root = (
+                    torch.zeros(1, dtype=torch.long, device=self.device),
+                    _pick(logits[b, 0], r.cfg, r.generator),
+                )
+                if not self.plain:
+                    r.result.predicted.append(1.0)
+            new = tokens[b][path[1:]].tolist() + [root]
+            paths.append(path)
+            r.hidden, r.root, r.pos = hiddens[b, path[-1]], root, r.pos + path.numel()
+            r.result.tree_sizes.append(n)
+            r.done = _emit(r.result, new, self.eos, r.cfg, r.on_tokens)
+            if r.done:
+                finished.append(r)
+        self.valid = compact_rows(self.cache, self.valid, S, paths)
+        t3 = _now(self.device)
+        if latency is not None:
+            latency.observe(T, t3 - t2, (t1 - t0) / B if drafting else None)
+        for r in self.rows:  # per-row time: the batch's step time is every row's wall clock
+            r.result.time_heads += t1 - t0
+            r.result.time_tree += t2 - t1
+            r.result.time_verify += t3 - t2
+            r.result.time_total += t3 - t0
+        self._drop([i for i, r in enumerate(self.rows) if not r.done])
+        if self.rows and self.valid.numel() > 2 * int(self.valid.sum()) + 64 * len(self.rows):
+            self.valid = pack_rows(self.cache, self.valid)  # more holes than tokens: squeeze them out
+        return gone + finished
+
+
+def generate_batch(
+    model,
+    prompts: list[torch.Tensor],
+    heads=None,
+    cfg: DecodeConfig | None = None,
+    eos: set[int] | None = None,
+    latency=None,
+    configs: list[DecodeConfig] | None = None,
+    generators: list[torch.Generator] | None = None,
+) -> list[DecodeResult]:
+    """Decode ``prompts`` (each [1, L_b]) together -> one DecodeResult per prompt, in order. ``configs``: per-row
+    settings (max_new_tokens, acceptance, temperature); ``generators``: per-row random generators (sampling)."""
+    dec = BatchDecoder(model, heads, cfg, eos, latency)
+    rows = []
+    for b, ids in enumerate(prompts):
+        row_cfg = configs[b] if configs is not None else None
+        rows.append(dec.add(ids, row_cfg, generator=generators[b] if generators is not None else None))
+    while dec.active:
+        dec.step()
+    return [r.result for r in rows]
+
+
+def row_config(cfg: DecodeConfig, **changes) -> DecodeConfig:
+    """A row's settings: the batch's drafting settings with its own max_new_tokens / acceptance / temperature."""
+    return dataclasses.replace(cfg, **changes)
