@@ -1,0 +1,458 @@
+"""An OpenAI-compatible server that decodes with Medusa heads and batches requests at step boundaries.
+
+    python -m infer.serve                                   # embedded default + shipped heads, port 8000
+    python -m infer.serve --model lmsys/vicuna-7b-v1.3 --heads FasterDecoding/medusa-vicuna-7b-v1.3 --port 8001
+    python -m infer.serve --tree none                       # the same server without trees (the baseline)
+
+Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (``"stream": true`` for server-sent events),
+``GET /v1/models``, ``GET /health``. Per request: ``max_tokens``, ``temperature`` (0: greedy, lossless; > 0:
+lossless tree speculative sampling of the full distribution), ``stop`` (up to 4 strings), ``seed``. Each response
+carries ``usage`` and ``medusa`` (decode steps and tokens per step); a stream sends them in its last chunk.
+
+One decode thread owns a :class:`infer.batch.BatchDecoder`: requests that arrive while others decode join the
+batch at the next step boundary (up to ``--max-batch`` rows; the others wait their turn). A client that disconnects
+stops its row. Bad requests get a 4xx with OpenAI's error body ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+import argparse
+import asyncio
+import json
+import math
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+
+from .batch import BatchDecoder
+from .decode import DecodeConfig, tree_room
+from .pipeline import Pipeline
+
+MAX_STOP = 4  # stop strings per request, as OpenAI's API
+
+
+class RequestError(ValueError):
+    """A request the server refuses: -> HTTP ``status`` with an OpenAI-shaped error body."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None):
+        super().__init__(message)
+        self.param, self.status, self.code = param, status, code
+
+    def body(self) -> dict:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
+
+
+# ------------------------------------------------------------------------------------------------- requests
+@dataclass
+class Job:
+    """One request's row: its prompt, settings, and the events it streams back to the HTTP handler."""
+
+    ids: torch.Tensor  # [1, L]
+    cfg: DecodeConfig
+    stop: list[str]
+    events: asyncio.Queue
+    loop: asyncio.AbstractEventLoop
+    tokenizer: object
+    generator: torch.Generator | None = None
+    eos: set = field(default_factory=set)
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""  # decoded so far (sent)
+    finish_reason: str | None = None
+    cancelled: bool = False
+    row: object = None
+    t_submit: float = field(default_factory=time.perf_counter)
+    t_first: float | None = None
+
+    def push(self, new: list[int]) -> None:
+        """Decode thread: a step's tokens -> a text delta event; a stop string ends the row there."""
+        if self.finish_reason is not None:
+            return
+        if self.t_first is None:
+            self.t_first = time.perf_counter()
+        self.tokens.extend(new)
+        full = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        found = [full.find(s, max(0, len(self.text) - len(s))) for s in self.stop]
+        hit = min((i for i in found if i >= 0), default=-1)
+        if hit >= 0:
+            full, self.finish_reason = full[:hit], "stop"
+            self.cancelled = True  # nothing more for this row
+        elif full.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            return
+        else:  # hold back a tail that may be the start of a stop string
+            hold = max((k for s in self.stop for k in range(1, len(s)) if full.endswith(s[:k])), default=0)
+            full = full[: len(full) - hold]
+        if len(full) <= len(self.text):
+            return
+        delta, self.text = full[len(self.text) :], full
+        if delta:
+            self._send(("delta", delta))
+
+    def finish(self) -> None:
+        """Decode thread: the row left the batch."""
+        if self.finish_reason is None:
+            r = self.row.result if self.row is not None else None
+            full = r is not None and len(r.tokens) >= self.cfg.max_new_tokens and r.tokens[-1] not in self.eos
+            self.finish_reason = "length" if full else "stop"
+            rest = self.tokenizer.decode(self.tokens, skip_special_tokens=True)[len(self.text) :]
+            if rest:  # held back (a partial character or a stop-string prefix): the generation is over now
+                self.text += rest
+                self._send(("delta", rest))
+        self._send(("done", None))
+
+    def _send(self, event) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+class Engine:
+    """The decode thread: admits waiting jobs at step boundaries, steps the batch, hands tokens back."""
+
+    def __init__(self, pipe: Pipeline, trees: bool = True, max_batch: int = 8):
+        from .budget import BatchLatency
+
+        self.pipe, self.max_batch = pipe, max_batch
+        cfg = pipe.config if trees else pipe.decode_config(tree="none")
+        latency = (
+            BatchLatency(pipe.model, pipe.heads, pipe.device, cfg.latency)
+            if cfg.latency is not None
+            else None
+        )
+        self.decoder = BatchDecoder(pipe.model, pipe.heads if trees else None, cfg, pipe.eos, latency)
+        self.trees = trees and pipe.heads is not None
+        self.waiting: queue.Queue[Job] = queue.Queue()
+        self.wake = threading.Event()
+        self.stopped = False
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._run, name="medusa-decode", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        job.eos = self.pipe.eos
+        self.waiting.put(job)
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.wake.set()
+        self.thread.join(timeout=10)
+
+    def _admit(self) -> None:
+        while len(self.decoder.rows) < self.max_batch:
+            try:
+                job = self.waiting.get_nowait()
+            except queue.Empty:
+                return
+            if job.cancelled:
+                job.finish()
+                continue
+            row = self.decoder.add(job.ids, job.cfg, on_tokens=job.push, generator=job.generator, tag=job)
+            job.row = row
+            if row.done:
+                job.finish()
+
+    def _run(self) -> None:
+        while not self.stopped:
+            try:
+                self._admit()
+                if not self.decoder.rows:
+                    self.wake.wait(0.5)
+                    self.wake.clear()
+                    continue
+                for row in self.decoder.rows:
+                    if row.tag.cancelled:
+                        self.decoder.cancel(row)
+                for row in self.decoder.step():
+                    row.tag.finish()
+            except Exception as e:  # keep serving: fail the rows in flight, report it
+                self.error = f"{type(e).__name__}: {e}"
+                for row in self.decoder.rows:
+                    row.tag.finish_reason = "error"
+                    row.tag.finish()
+                self.decoder = BatchDecoder(
+                    self.pipe.model, self.decoder.heads, self.decoder.cfg, self.pipe.eos, self.decoder.latency
+                )
+
+
+# ------------------------------------------------------------------------------------------------ the app
+def _field(body: dict, name: str, kinds, default, check=None, what: str = ""):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise RequestError(f"'{name}' must be {what}, got {value!r}", name)
+    if not isinstance(value, kinds) or (check is not None and not check(value)):
+        raise RequestError(f"'{name}' must be {what}, got {value!r}", name)
+    return value
+
+
+def parse_request(body, chat: bool, pipe: Pipeline, served: str) -> tuple[torch.Tensor, DecodeConfig, dict]:
+    """A request body -> (input ids [1, L], the row's DecodeConfig, options); RequestError when it is bad."""
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and model != served:
+        raise RequestError(f"the model '{model}' does not exist; this server serves '{served}'", "model", 404,
+                           "model_not_found")  # fmt: skip
+    if chat:
+        messages = body.get("messages")
+        ok = isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+            for m in messages
+        )  # fmt: skip
+        if not ok:
+            raise RequestError("'messages' must be a non-empty list of {'role': system|user|assistant, 'content': "
+                               "string}", "messages")  # fmt: skip
+        if not messages[-1]["content"].strip():
+            raise RequestError("the last message is empty", "messages")
+        ids = pipe.encode(messages)
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt:
+            raise RequestError("'prompt' must be a non-empty string", "prompt")
+        ids = pipe.tokenizer(prompt, return_tensors="pt").input_ids.to(pipe.device)
+    number = (int, float)
+    max_tokens = _field(body, "max_tokens", int, 256, lambda v: v >= 1, "an integer >= 1")
+    max_tokens = _field(body, "max_completion_tokens", int, max_tokens, lambda v: v >= 1, "an integer >= 1")
+    temperature = _field(body, "temperature", number, 0.0, lambda v: math.isfinite(v) and 0 <= v <= 2,
+                         "a number in [0, 2]")  # fmt: skip
+    top_p = _field(
+        body,
+        "top_p",
+        number,
+        1.0,
+        lambda v: v == 1,
+        "1 (lossless sampling draws from the whole distribution)",
+    )
+    n = _field(body, "n", int, 1, lambda v: v == 1, "1")
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else stop or []
+    if not isinstance(stop, list) or len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
+        raise RequestError(
+            f"'stop' must be a non-empty string or a list of at most {MAX_STOP} of them", "stop"
+        )
+    seed = _field(body, "seed", int, None, None, "an integer")
+    stream = _field(body, "stream", bool, False, None, "true or false")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise RequestError("'stream_options' must be an object", "stream_options")
+    context = getattr(pipe.model.config, "max_position_embeddings", None)
+    cfg = pipe.decode_config(
+        max_new_tokens=max_tokens,
+        temperature=float(temperature),
+        acceptance="sample" if temperature > 0 else "greedy",
+    )
+    room = tree_room(cfg, pipe.heads)
+    if context and ids.shape[1] + max_tokens + room > context:
+        raise RequestError(
+            f"this model's context is {context} tokens; the prompt has {ids.shape[1]} and max_tokens is "
+            f"{max_tokens} (+{room} for the draft tree); lower max_tokens or shorten the prompt",
+            "max_tokens",
+            code="context_length_exceeded",
+        )
+    del top_p, n
+    return (
+        ids,
+        cfg,
+        {"stop": stop, "seed": seed, "stream": stream, "usage": bool(options.get("include_usage"))},
+    )
+
+
+def build_app(pipe: Pipeline, served: str | None = None, trees: bool = True, max_batch: int = 8):
+    """The FastAPI app (its decode thread starts now; ``app.state.engine.stop()`` ends it)."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException
+
+    served = served or pipe.name
+    engine = Engine(pipe, trees=trees, max_batch=max_batch)
+    app = FastAPI(title="medusa-toolkit server")
+    app.state.engine = engine
+
+    def error(e: RequestError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc):  # 404 / 405 in OpenAI's shape
+        return error(RequestError(str(exc.detail), status=exc.status_code))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, exc):
+        return error(RequestError(f"invalid request: {exc.errors()[:1]}"))
+
+    @app.get("/health")
+    async def health():
+        state = {"status": "ok" if engine.error is None else "degraded", "batch": len(engine.decoder.rows)}
+        return state | ({"last_error": engine.error} if engine.error else {})
+
+    @app.get("/v1/models")
+    async def models():
+        card = {"id": served, "object": "model", "created": 0, "owned_by": "medusa-toolkit"}
+        return {"object": "list", "data": [card]}
+
+    async def complete(request: Request, chat: bool):
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return error(RequestError(f"the request body is not valid JSON ({e})"))
+        try:
+            ids, cfg, opts = parse_request(body, chat, pipe, served)
+        except RequestError as e:
+            return error(e)
+        except ValueError as e:  # e.g. the chat template refused the messages
+            return error(RequestError(str(e)))
+        gen = None
+        if cfg.acceptance == "sample":
+            gen = torch.Generator(device=pipe.device)
+            gen.manual_seed(opts["seed"] if opts["seed"] is not None else torch.seed())
+        loop = asyncio.get_running_loop()
+        job = Job(ids, cfg, opts["stop"], asyncio.Queue(), loop, pipe.tokenizer, gen)
+        engine.submit(job)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        kind = "chat.completion" if chat else "text_completion"
+
+        def stats() -> dict:
+            r = job.row.result if job.row is not None else None
+            steps = r.steps if r is not None else 0
+            return {
+                "usage": {
+                    "prompt_tokens": ids.shape[1],
+                    "completion_tokens": len(job.tokens),
+                    "total_tokens": ids.shape[1] + len(job.tokens),
+                },  # fmt: skip
+                "medusa": {
+                    "trees": engine.trees,
+                    "steps": steps,
+                    "tokens_per_step": round(r.tokens_per_step, 3) if steps else None,
+                },  # fmt: skip
+            }
+
+        def choice(text: str | None, final: bool, streaming: bool) -> dict:
+            reason = job.finish_reason if final else None
+            if chat:
+                body = {"delta" if streaming else "message": ({"role": "assistant", "content": text} if not streaming
+                        else ({"content": text} if text is not None else {}))}  # fmt: skip
+            else:
+                body = {"text": text or "", "logprobs": None}
+            return {"index": 0, **body, "finish_reason": reason}
+
+        if not opts["stream"]:
+            try:
+                while True:
+                    try:
+                        kind_, _ = await asyncio.wait_for(job.events.get(), 0.5)
+                    except asyncio.TimeoutError:
+                        if await request.is_disconnected():  # nobody to answer: free the row
+                            job.cancelled = True
+                            return error(RequestError("client disconnected", status=499))
+                        continue
+                    if kind_ == "done":
+                        break
+            except asyncio.CancelledError:
+                job.cancelled = True
+                raise
+            if job.finish_reason == "error":
+                return error(RequestError(f"decoding failed: {engine.error}", status=500))
+            reply = {"id": rid, "object": kind, "created": created, "model": served}
+            return reply | {"choices": [choice(job.text, True, False)]} | stats()
+
+        async def events():
+            head = {"id": rid, "object": f"{kind}.chunk", "created": created, "model": served}
+            try:
+                if chat:
+                    first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                    yield f"data: {json.dumps(head | {'choices': [first]})}\n\n"
+                while True:
+                    kind_, delta = await job.events.get()
+                    if kind_ == "done":
+                        break
+                    yield f"data: {json.dumps(head | {'choices': [choice(delta, False, True)]})}\n\n"
+                last = (
+                    head
+                    | {"choices": [choice(None if chat else "", True, True)]}
+                    | {"medusa": stats()["medusa"]}
+                )
+                yield f"data: {json.dumps(last)}\n\n"
+                if opts["usage"]:
+                    yield f"data: {json.dumps(head | {'choices': [], 'usage': stats()['usage']})}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:  # the client went away mid-stream (or the stream ended): free its row
+                if job.finish_reason is None:
+                    job.cancelled = True
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await complete(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await complete(request, chat=False)
+
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m infer.serve", description=__doc__.split("\n\n")[0])
+    add = p.add_argument
+    add(
+        "--model",
+        default=None,
+        help="base model: Hub id or folder (default: the embedded SmolLM2-135M-Instruct)",
+    )
+    add(
+        "--heads",
+        default=None,
+        help="heads folder or Hub id (default: the shipped heads of the default model)",
+    )
+    add("--served-model-name", default=None, help="the model id clients ask for (default: --model's)")
+    add("--tree", choices=("dynamic", "static", "none"), default="dynamic", help="none: serve without trees")
+    add("--node-budget", default="auto", help="dynamic tree nodes per row, or auto (measured latency)")
+    add("--max-nodes", type=int, default=32, help="the auto budget's upper bound")
+    add("--max-batch", type=int, default=8, help="rows decoded together; more requests wait their turn")
+    add("--dtype", default="auto", help="float32, bfloat16, float16 or auto (measured)")
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--host", default="127.0.0.1")
+    add("--port", type=int, default=8000)
+    add("--trust-remote-code", action="store_true", help="allow custom modelling code from the model repo")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .base import BaseModelError
+    from .calibration import CalibrationError
+    from .heads import HeadsError
+    from .pipeline import PipelineError, load_pipeline
+
+    args = build_parser().parse_args(argv)
+    auto = str(args.node_budget) == "auto"
+    try:
+        if not auto and not str(args.node_budget).isdigit():
+            raise PipelineError(
+                f"--node-budget must be a positive integer or 'auto', got {args.node_budget!r}"
+            )
+        if args.max_batch < 1:
+            raise PipelineError("--max-batch must be >= 1")
+        cfg = DecodeConfig(tree=args.tree, node_budget=args.max_nodes if auto else int(args.node_budget))
+        pipe = load_pipeline(args.model, args.heads, dtype=args.dtype, device=args.device, config=cfg,
+                             auto_budget=auto, max_nodes=args.max_nodes,
+                             trust_remote_code=args.trust_remote_code)  # fmt: skip
+    except (PipelineError, BaseModelError, HeadsError, CalibrationError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    import uvicorn
+
+    app = build_app(pipe, args.served_model_name, trees=args.tree != "none", max_batch=args.max_batch)
+    print(f"serving {args.served_model_name or pipe.name} on http://{args.host}:{args.port}/v1 "
+          f"(trees: {args.tree}, max batch {args.max_batch})", flush=True)  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
