@@ -113,12 +113,17 @@ def compact_rows(cache, valid: torch.Tensor, start: int, paths: list[torch.Tenso
     for b, p in enumerate(paths):
         src[b, : p.numel()] = p
         kept[b, : p.numel()] = True
-    idx = (src + start)[:, None, :, None]  # [B, 1, A, 1]
+    move = bool(
+        (src[kept] != torch.arange(A, device=dev).expand(B, -1)[kept]).any()
+    )  # plain steps: nothing moves
+    idx = src[:, None, :, None]  # [B, 1, A, 1]
     for layer in cache.layers:
         for name in ("keys", "values"):
             t = getattr(layer, name)  # [B, h, S, D]
-            moved = t.gather(2, idx.expand(-1, t.shape[1], -1, t.shape[3]))
-            setattr(layer, name, torch.cat([t[:, :, :start], moved], 2))
+            if move:  # only the step's block is touched, in place
+                block = t[:, :, start:]
+                t[:, :, start : start + A] = block.gather(2, idx.expand(-1, t.shape[1], -1, t.shape[3]))
+            setattr(layer, name, t[:, :, : start + A])
     return torch.cat([valid[:, :start], kept], 1)
 
 

@@ -92,7 +92,9 @@ class LatencyProfile:
         self.steps += 1
         rows = sorted_logp if isinstance(sorted_logp, list) else [sorted_logp]
         N = min(r.numel() for r in rows)
-        probs = sum(torch.cat([r.new_zeros(1), r[:N].exp().cumsum(0)]).double().cpu() for r in rows)  # E(n) - B
+        probs = sum(
+            torch.cat([r.new_zeros(1), r[:N].exp().cumsum(0)]).double().cpu() for r in rows
+        )  # E(n) - B
         n = (self.sizes - 1).clamp(max=N)  # [S]
         overhead = (_robust(self.overhead) if self.overhead else self.heads_seconds) * len(rows)
         est = self.estimate()
@@ -332,19 +334,36 @@ def _measure_checked(model, sizes, path: str, key: dict, verbose: bool, batch: i
     return prof
 
 
-BATCH_SIZES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]  # tree sizes measured for batches of more than one row
+BATCH_SIZES = [
+    1,
+    2,
+    3,
+    4,
+    6,
+    8,
+    12,
+    16,
+    24,
+    32,
+    48,
+    64,
+]  # tree sizes measured for batches of more than one row
 
 
 class BatchLatency:
-    """Latency profiles over (batch size, tree size): the batch-1 profile, and one per batch size B > 1, measured
-    the first time a batch of B rows decodes (cached on disk like the batch-1 profile). Each learns from the steps
-    it times, as the batch-1 profile does."""
+    """Latency profiles over (batch size, tree size): the batch-1 profile, and one per power of two B > 1, measured
+    the first time a batch that size needs it decodes (cached on disk like the batch-1 profile). A batch of B rows
+    uses the profile of the next power of two (3 rows: 4's; a little pessimistic for trees). Each learns from the
+    steps it times, as the batch-1 profile does."""
 
-    def __init__(self, model, heads, device="cpu", single: LatencyProfile | None = None, verbose: bool = True):
+    def __init__(
+        self, model, heads, device="cpu", single: LatencyProfile | None = None, verbose: bool = True
+    ):
         self.model, self.heads, self.device, self.verbose = model, heads, device, verbose
         self.profiles: dict[int, LatencyProfile] = {1: single} if single is not None else {}
 
     def for_batch(self, batch: int) -> LatencyProfile:
+        batch = 1 << max(0, batch - 1).bit_length()  # the next power of two
         if batch not in self.profiles:
             sizes = DEFAULT_SIZES if batch == 1 else BATCH_SIZES
             self.profiles[batch] = load_or_measure(
