@@ -176,7 +176,9 @@ class BatchDecoder:
         t0 = _now(self.device)
         B, S = len(self.rows), self.valid.shape[1]
         latency = self.latency.for_batch(B) if self.latency is not None else None
-        drafting = not self.plain and (latency is None or latency.want_draft())
+        drafting = not self.plain and (
+            latency is None or (latency.trees_can_pay(B, self.depth) and latency.want_draft())
+        )
         trees, tops = [], []
         if drafting:
             for r in self.rows:

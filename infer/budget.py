@@ -37,6 +37,7 @@ from .tree import dynamic_tree, tree_buffers
 
 DEFAULT_SIZES = list(range(1, 17)) + list(range(20, 65, 4))  # tree sizes T (root included) measured
 MONOTONE_TOL = 0.3  # a bigger tree may be at most 30 % faster than a smaller one (timer noise, kernel choice)
+PLAIN_MARGIN = 1.05  # plain steps win ties against trees predicted less than 5 % faster
 WINDOW = 15  # observed/prior ratios kept per size class
 ANCHORS = (1, 2, 4, 8, 16, 32)  # tree sizes probed while decoding, fewest observations first
 RECHECK = 16  # while plain steps win, draft again every this many steps to see whether trees pay now
@@ -99,11 +100,21 @@ class LatencyProfile:
         overhead = (_robust(self.overhead) if self.overhead else self.heads_seconds) * len(rows)
         est = self.estimate()
         rate = (len(rows) + probs[n]) / (est + overhead)
-        rate[n == 0] = len(rows) / est[n == 0]  # a plain step that skips drafting pays no drafting cost
+        # a plain step pays no drafting cost; a tree must beat it by the calibration's known optimism (predicted
+        # tokens/step run a few per cent high), else near-ties pick trees that then lose
+        rate[n == 0] = PLAIN_MARGIN * len(rows) / est[n == 0]
         best = int(rate.argmax())
         self.skipping, self.skipped = bool(n[best] == 0), 0
         i = self._probe(max(2, 2 * int(self.sizes[best])))
         return int(n[best if i is None else i])
+
+    def trees_can_pay(self, batch: int, depth: int) -> bool:
+        """False when even trees whose every node is accepted (min(T, depth + 1) tokens per row) could not beat
+        plain steps for ``batch`` rows at this profile's latencies and drafting cost: then do not draft at all."""
+        est = self.estimate()
+        overhead = (_robust(self.overhead) if self.overhead else self.heads_seconds) * batch
+        best = batch * torch.clamp(self.sizes, max=depth + 1).double() / (est + overhead)
+        return bool((best[self.sizes > 1] > batch / est[self.sizes == 1][0]).any())
 
     def want_draft(self) -> bool:
         """False while plain steps win (the last draft chose n = 0): decode without drafting, re-checking with a

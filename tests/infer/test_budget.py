@@ -25,10 +25,26 @@ def test_best_budget_trades_acceptance_for_latency():
     )
     confident = torch.tensor([0.9, 0.9, 0.9, 0.9]).log()  # E(1)=1.9, E(2)=2.8 over 2.0 s, E(4)=4.6 over 2.0 s
     assert prof.best_budget(confident) == 4
-    hopeless = torch.tensor([0.05, 0.01, 0.01, 0.01]).log()  # nothing pays for a slower step
+    hopeless = torch.tensor([0.2, 0.01, 0.01, 0.01]).log()  # nothing pays for a slower step
     assert prof.best_budget(hopeless) == 1  # size 2 costs the same as size 1 here, so one node is free
+    assert prof.best_budget(torch.tensor([0.04, 0.01]).log()) == 0  # a free node worth 4 %: within the margin
     prof.seconds[1] = 1.5
     assert prof.best_budget(hopeless) == 0  # plain step
+    # a batch: the rows' expected tokens add up; two rows with one confident node each
+    assert prof.best_budget([confident, hopeless]) == 4
+
+
+def test_trees_that_cannot_pay_even_when_always_accepted_are_not_drafted():
+    prof = LatencyProfile(
+        sizes=torch.tensor([1, 2, 4, 8]),
+        seconds=torch.tensor([0.05, 0.10, 0.20, 0.40], dtype=torch.float64),  # a batch where every node costs
+        heads_seconds=0.002,
+        key={},
+        probe=False,
+    )
+    assert not prof.trees_can_pay(batch=8, depth=4)  # 2 tokens/row at best for 1.8x the time + drafting
+    prof.seconds = torch.tensor([0.05, 0.06, 0.07, 0.09], dtype=torch.float64)
+    assert prof.trees_can_pay(batch=8, depth=4)
 
 
 def _fake_measure(calls):
