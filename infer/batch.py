@@ -177,7 +177,7 @@ class BatchDecoder:
         B, S = len(self.rows), self.valid.shape[1]
         latency = self.latency.for_batch(B) if self.latency is not None else None
         drafting = not self.plain and (
-            latency is None or (latency.trees_can_pay(B, self.depth) and latency.want_draft())
+            latency is None or (latency.trees_can_pay(B, self.depth) and latency.want_draft(B))
         )
         trees, tops = [], []
         if drafting:

@@ -156,7 +156,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--server-clients", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--no-server", action="store_true")
+    p.add_argument("--no-server", action="store_true", help="batching only")
+    p.add_argument("--no-batching", action="store_true", help="the server only")
     p.add_argument("--out", default=None, help="also write the rows here (JSONL)")
     args = p.parse_args(argv)
     try:
@@ -173,8 +174,11 @@ def main(argv=None) -> int:
     print(f"# bench_batch: {len(prompts)} prompts, {args.max_new_tokens} new tokens, "
           f"{str(pipe.dtype).replace('torch.', '')}, torch threads {torch.get_num_threads()}, "
           f"CPU {' '.join(cpu_flags())}", flush=True)  # fmt: skip
-    rows = bench_batching(pipe, prompts, args.batch_sizes, args.max_new_tokens)
+    rows = [] if args.no_batching else bench_batching(pipe, prompts, args.batch_sizes, args.max_new_tokens)
     if not args.no_server:
+        BatchLatency(pipe.model, pipe.heads, pipe.device).for_batch(
+            max(args.server_clients)
+        )  # not while timed
         rows += bench_server(pipe, questions, args.server_clients, args.max_new_tokens)
     if args.out:
         with open(args.out, "w") as f:

@@ -116,13 +116,13 @@ class LatencyProfile:
         best = batch * torch.clamp(self.sizes, max=depth + 1).double() / (est + overhead)
         return bool((best[self.sizes > 1] > batch / est[self.sizes == 1][0]).any())
 
-    def want_draft(self) -> bool:
+    def want_draft(self, batch: int = 1) -> bool:
         """False while plain steps win (the last draft chose n = 0): decode without drafting, re-checking with a
-        draft every RECHECK plain steps."""
+        draft every RECHECK plain steps (RECHECK x batch for a batch: a draft costs every row's heads)."""
         if not self.skipping:
             return True
         self.skipped += 1
-        return self.skipped % RECHECK == 0
+        return self.skipped % (RECHECK * batch) == 0
 
     def _probe(self, limit: int) -> int | None:
         """On the probe schedule: the anchor size up to ``limit`` (twice the chosen size: probes stay cheap, and a
