@@ -377,7 +377,11 @@ class BatchLatency:
         batch = 1 << max(0, batch - 1).bit_length()  # the next power of two
         if batch not in self.profiles:
             sizes = DEFAULT_SIZES if batch == 1 else BATCH_SIZES
-            self.profiles[batch] = load_or_measure(
+            prof = load_or_measure(
                 self.model, self.heads, self.device, sizes=sizes, verbose=self.verbose, batch=batch
             )
+            prof.probe = (
+                batch == 1
+            )  # a probe step costs every row a big tree: batches trust their fresh profile
+            self.profiles[batch] = prof
         return self.profiles[batch]

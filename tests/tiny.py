@@ -146,3 +146,21 @@ def fit_oracle_heads(
         loss.backward()
         opt.step()
     return heads.eval().requires_grad_(False)
+
+
+def oracle_setup(
+    family: str, num_prompts: int, new_tokens: int, seed: int, min_len: int = 3, max_len: int = 20
+):
+    """A tiny random model of ``family``, prompts [1, L] of random lengths, their greedy continuations and heads
+    partly fitted to them (many tokens accepted, yet rejections still happen): the lossless-decoding fixture."""
+    model = tiny_model(family, seed=FAMILIES.index(family))
+    g = torch.Generator().manual_seed(seed)
+    prompts = [
+        torch.randint(3, 512, (1, int(torch.randint(min_len, max_len, (1,), generator=g))), generator=g)
+        for _ in range(num_prompts)
+    ]
+    conts = greedy_continuations(model, prompts, new_tokens)
+    heads = fit_oracle_heads(
+        model, [torch.cat([p[0], c]) for p, c in zip(prompts, conts)], num_heads=3, steps=60
+    )
+    return family, model, heads, prompts, conts

@@ -6,24 +6,14 @@ import torch
 
 from infer.batch import BatchDecoder, generate_batch, row_config
 from infer.decode import DecodeConfig, generate
-from tests.tiny import FAMILIES, fit_oracle_heads, greedy_continuations, tiny_model
+from tests.tiny import FAMILIES, oracle_setup
 
 NEW = 20
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def oracle(request):
-    model = tiny_model(request.param, seed=FAMILIES.index(request.param))
-    g = torch.Generator().manual_seed(2)
-    prompts = [
-        torch.randint(3, 512, (1, int(torch.randint(2, 24, (1,), generator=g))), generator=g)
-        for _ in range(8)
-    ]
-    conts = greedy_continuations(model, prompts, NEW)
-    heads = fit_oracle_heads(
-        model, [torch.cat([p[0], c]) for p, c in zip(prompts, conts)], num_heads=3, steps=60
-    )
-    return request.param, model, heads, prompts, conts
+    return oracle_setup(request.param, num_prompts=8, new_tokens=NEW, seed=2, min_len=2, max_len=24)
 
 
 @pytest.mark.parametrize(

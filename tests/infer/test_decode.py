@@ -6,7 +6,7 @@ import torch
 from infer.backbone import compact_kv, forward_hidden, tree_attention_mask
 from infer.decode import DecodeConfig, generate
 from infer.tree import static_tree, tree_buffers
-from tests.tiny import FAMILIES, fit_oracle_heads, greedy_continuations, tiny_model
+from tests.tiny import FAMILIES, fit_oracle_heads, oracle_setup, tiny_model
 
 NEW = 24
 
@@ -14,18 +14,7 @@ NEW = 24
 @pytest.fixture(scope="module", params=FAMILIES)
 def oracle(request):
     """A tiny random model of each family, 20 prompts, its greedy continuations and heads fitted to them."""
-    model = tiny_model(request.param, seed=FAMILIES.index(request.param))
-    g = torch.Generator().manual_seed(1)
-    prompts = [
-        torch.randint(3, 512, (1, int(torch.randint(3, 20, (1,), generator=g))), generator=g)
-        for _ in range(20)
-    ]
-    conts = greedy_continuations(model, prompts, NEW)
-    # Partly fitted heads: many tokens accepted, yet rejections still happen.
-    heads = fit_oracle_heads(
-        model, [torch.cat([p[0], c]) for p, c in zip(prompts, conts)], num_heads=3, steps=60
-    )
-    return request.param, model, heads, prompts, conts
+    return oracle_setup(request.param, num_prompts=20, new_tokens=NEW, seed=1)
 
 
 @pytest.mark.parametrize(
