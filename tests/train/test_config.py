@@ -154,3 +154,23 @@ def test_missing_data_and_recipe_files_fail_before_any_model_loads(tmp_path, cap
         with pytest.raises(SystemExit):
             main([path])
         assert "recipe" in capsys.readouterr().err
+
+
+def test_dry_run_checks_the_model_and_output_folders(tmp_path, capsys, monkeypatch):
+    """--dry-run (and every run) refuses a base model that is neither a folder nor a Hub id it can confirm, an
+    output_dir that is a file and a resume path that does not exist, before anything loads."""
+    from train.medusa import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here: the Hub cannot confirm an uncached id
+    cases = {
+        f"model.name_or_path={tmp_path / 'no-model'}": "is not a folder",
+        "model.name_or_path=nobody/no-such-model-xyz": "not in the local Hugging Face cache",
+        f"output.output_dir={tmp_path / 'a-file'}": "exists and is not a folder",
+        f"output.resume={tmp_path / 'checkpoint-9'}": "is not a checkpoint folder",
+    }
+    (tmp_path / "a-file").write_text("x")
+    for override, words in cases.items():
+        with pytest.raises(SystemExit):
+            main(["recipes/smollm2-135m.yaml", override, "--dry-run"])
+        assert words in capsys.readouterr().err, override
+    assert main(["recipes/smollm2-135m.yaml", "--dry-run"]) is None  # the embedded default: installed
