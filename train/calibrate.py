@@ -229,7 +229,10 @@ def collect_decode(
     eos = stop_ids(model, tokenizer)
     parts: dict[str, list] = {k: [] for k in ("top_logits", "correct", "lse", "dlse", "valid", "example")}
     used, steps, tokens = 0, 0, 0
-    for rec in records[:max_examples] if max_examples else records:
+    from tqdm.auto import tqdm
+
+    todo = records[:max_examples] if max_examples else records
+    for rec in tqdm(todo, desc=f"calibration: decoding {len(todo)} conversations", unit="conv"):
         ids = first_prompt(tokenizer, rec, template)
         if ids is None:
             continue
@@ -256,8 +259,6 @@ def collect_decode(
         parts["valid"].append(known[:, 1:].T.cpu() & parent_ok)
         parts["example"].append(torch.full((S,), used, dtype=torch.long))
         used, steps, tokens = used + 1, steps + S, tokens + n
-        if used % 20 == 0:
-            log.info("decoded %d conversations (%d steps, %.2f tokens/step)", used, steps, tokens / steps)
     if used == 0:
         raise CalibrationError("no conversation with a user turn to decode")
     return _stack(parts, used, "decode events: greedy path, parent reachable")
