@@ -45,7 +45,7 @@ from .decode import (
     _pick,
     accept_deterministic,
     accept_sample,
-    draft_tree,
+    draft_trees,
     expected_tokens,
     tree_room,
 )
@@ -180,22 +180,17 @@ class BatchDecoder:
             latency is None or (latency.trees_can_pay(B, self.depth) and latency.want_draft(B))
         )
         trees, tops = [], []
-        if drafting:
-            for r in self.rows:
-                root_t = torch.tensor(r.root, device=self.device)
-                tree, top_tokens, top_logp, _ = draft_tree(
-                    self.heads,
-                    self.lm_head,
-                    self.embed,
-                    r.hidden,
-                    root_t,
-                    self.cfg,
-                    self.depth,
-                    self.top_m,
-                    self.static,
-                )
-                trees.append(tree)
-                tops.append((root_t, top_tokens, top_logp))
+        if drafting:  # the heads run once for the whole batch (sequential heads: once per depth)
+            hiddens = torch.stack([r.hidden for r in self.rows])  # [B, H]
+            drafted, _ = draft_trees(
+                self.heads, self.lm_head, self.embed, hiddens, [r.root for r in self.rows], self.cfg,
+                self.depth, self.top_m, self.static,
+            )  # fmt: skip
+            trees = [t for t, _, _ in drafted]
+            tops = [
+                (torch.tensor(r.root, device=self.device), tok, lp)
+                for r, (_, tok, lp) in zip(self.rows, drafted)
+            ]
             if latency is not None:  # one budget for the batch: the n best paths of each row, summed tokens/s
                 n = latency.best_budget([t.score[1:].sort(descending=True).values for t in trees])
                 trees = [top_nodes(t, n) for t in trees]

@@ -29,6 +29,7 @@ from .tree import (
     Tree,
     conditional_static_tree,
     conditional_tree,
+    conditional_trees,
     dynamic_tree,
     static_tree,
     top_nodes,
@@ -179,7 +180,14 @@ def head_candidates(
     heads, lm_head, hidden: torch.Tensor, cfg: DecodeConfig, m: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """hidden [H] at the last accepted position -> (top-m token ids [K, m], log-probs [K, m])."""
-    logits = heads(hidden, lm_head).float()  # [K, V or V_head]
+    return top_candidates(heads, heads(hidden, lm_head).float(), cfg, m)
+
+
+def top_candidates(
+    heads, logits: torch.Tensor, cfg: DecodeConfig, m: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The heads' logits [K, V or V_head] -> (top-m token ids [K', m], (calibrated) log-probs [K', m]), K' heads
+    used (cfg.depth)."""
     if cfg.depth is not None:
         logits = logits[: cfg.depth]
     m = min(m, logits.shape[-1])
@@ -237,6 +245,50 @@ def draft_tree(heads, lm_head, embed, hidden, root_t, cfg: DecodeConfig, depth: 
     heads_s = _now(hidden.device) - t0
     tree = static if static is not None else dynamic_tree(top_logp, cfg.node_budget)
     return tree, top_tokens, top_logp, heads_s
+
+
+@torch.no_grad()
+def draft_trees(heads, lm_head, embed, hiddens, roots: list[int], cfg: DecodeConfig, depth: int, top_m: int,
+                static=None) -> tuple[list, float]:  # fmt: skip
+    """:func:`draft_tree` for a batch: hiddens [B, H], roots [B] -> ([(tree, top tokens | None, top log-probs |
+    None)] per row, seconds in the heads). The heads run once for the batch (sequential heads: once per depth over
+    every row's frontier) instead of once per row; each row's tree is the one draft_tree builds."""
+    t0 = _now(hiddens.device)
+    root_t = [torch.tensor(r, device=hiddens.device) for r in roots]
+    if heads.sequential and static is not None:  # per row (a static tree's depths are few and small)
+        out, spent = [], 0.0
+        for b, root in enumerate(root_t):
+            tree, tok, logp, s = draft_tree(
+                heads, lm_head, embed, hiddens[b], root, cfg, depth, top_m, static
+            )
+            out.append((tree, tok, logp))
+            spent += s
+        return out, spent
+    if heads.sequential:
+        timer = [0.0]
+
+        def expand_rows(d: int, requests):
+            t1 = _now(hiddens.device)
+            sizes = [p.shape[0] for _, p in requests]
+            hs = torch.cat([hiddens[b].expand(p.shape[0], -1) for b, p in requests])  # [F, H]
+            paths = torch.cat([p for _, p in requests])  # [F, d+1]
+            logits = heads.head_logits(d, hs, lm_head, embed(paths)).float()  # [F, V_head]
+            k = min(top_m, logits.shape[-1])
+            if cfg.calibration is not None:
+                idx, logp = cfg.calibration.topk(logits, k, head=d)
+            else:
+                logp, idx = torch.topk(torch.log_softmax(logits, -1), k, dim=-1)
+            timer[0] += _now(hiddens.device) - t1
+            return list(zip(heads.to_full_vocab(idx).split(sizes), logp.split(sizes)))
+
+        trees = conditional_trees(expand_rows, root_t, depth, cfg.node_budget, cfg.beam, cfg.min_mass)
+        return [(t, None, None) for t in trees], timer[0]
+    logits = heads(hiddens, lm_head).float()  # [K, B, V]
+    tops = [top_candidates(heads, logits[:, b], cfg, top_m) for b in range(len(roots))]
+    spent = _now(hiddens.device) - t0
+    return [
+        (static if static is not None else dynamic_tree(lp, cfg.node_budget), tok, lp) for tok, lp in tops
+    ], spent
 
 
 def _now(device) -> float:

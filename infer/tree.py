@@ -171,7 +171,45 @@ def conditional_tree(
     beam: int | None = None,
     min_mass: float = 0.0,
 ) -> Tree:
-    """The ``num_nodes`` most probable paths when each node's children come from ``expand`` (see module docstring).
+    """The ``num_nodes`` most probable paths when each node's children come from ``expand`` (see module docstring
+    and :func:`conditional_tree_steps`, which builds it)."""
+    steps = conditional_tree_steps(root_token, depth, num_nodes, beam, min_mass)
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(expand(*request))
+    except StopIteration as done:
+        return done.value
+
+
+def conditional_trees(expand_rows, root_tokens: list[torch.Tensor], depth: int, num_nodes: int,
+                      beam: int | None = None, min_mass: float = 0.0) -> list[Tree]:  # fmt: skip
+    """:func:`conditional_tree` for several rows in lockstep: each depth, one ``expand_rows(d, [(row, paths
+    [F_row, d+1]), ...]) -> [(tokens [F_row, m], logp [F_row, m]), ...]`` call serves every row still growing
+    (a batch's heads run once per depth, not once per row and depth). Row b's tree is what conditional_tree
+    would build with the same expansions."""
+    steps = [conditional_tree_steps(r, depth, num_nodes, beam, min_mass) for r in root_tokens]
+    waiting, trees = {}, {}
+    for b, gen in enumerate(steps):
+        waiting[b] = next(gen)  # every row asks for depth 0 first
+    while waiting:
+        d = min(req[0] for req in waiting.values())
+        rows = [b for b, req in waiting.items() if req[0] == d]
+        answers = expand_rows(d, [(b, waiting[b][1]) for b in rows])
+        for b, answer in zip(rows, answers):
+            try:
+                waiting[b] = steps[b].send(answer)
+            except StopIteration as done:
+                trees[b] = done.value
+                del waiting[b]
+    return [trees[b] for b in range(len(steps))]
+
+
+def conditional_tree_steps(
+    root_token: torch.Tensor, depth: int, num_nodes: int, beam: int | None = None, min_mass: float = 0.0
+):
+    """The conditional tree builder as a generator: yields ``(d, paths [F, d+1])`` (the frontier whose children
+    head d must draft), receives ``(tokens [F, m], logp [F, m])``, returns the Tree.
 
     A path's score is the sum of its log-probabilities; scores never rise along a path, and ties go to the
     shallower node, so the kept set is closed under parents: a tree. Only the best ``num_nodes`` nodes of depth
@@ -188,7 +226,7 @@ def conditional_tree(
     for d in range(depth):
         if d > 0 and min_mass > 0 and float(torch.logsumexp(prev_score, 0)) < math.log(min_mass):
             break
-        cand_tok, cand_logp = expand(d, paths)  # [F, m] each
+        cand_tok, cand_logp = yield d, paths  # [F, m] each
         m = cand_logp.shape[1]
         cand = (prev_score[:, None] + cand_logp).reshape(-1)  # [F * m]
         best, idx = torch.topk(cand, min(num_nodes, cand.numel()))  # sorted descending

@@ -86,3 +86,53 @@ def test_bad_inputs(oracle):
     with pytest.raises(ValueError, match="input_ids must be"):
         dec.add(torch.zeros(1, 0, dtype=torch.long))
     assert dec.step() == []  # an empty batch steps to nothing
+
+
+@pytest.fixture(scope="module")
+def seq_oracle(oracle):
+    from tests.tiny import fit_oracle_heads
+
+    family, model, _, prompts, conts = oracle
+    heads = fit_oracle_heads(
+        model,
+        [torch.cat([p[0], c]) for p, c in zip(prompts, conts)],
+        num_heads=3,
+        steps=60,
+        head_type="sequential",
+    )
+    return family, model, heads, prompts, conts
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [DecodeConfig(tree="static", max_new_tokens=NEW), DecodeConfig(tree="dynamic", node_budget=16, top_m=4, max_new_tokens=NEW)],
+    ids=["static", "dynamic16"],
+)  # fmt: skip
+def test_batched_sequential_heads_equal_batch_one(seq_oracle, cfg):
+    """Sequential heads draft every row's tree depth by depth in one head call per depth for the whole batch."""
+    family, model, heads, prompts, conts = seq_oracle
+    out = generate_batch(model, prompts, heads, cfg, eos=set())
+    for b, (r, ref) in enumerate(zip(out, conts)):
+        assert r.tokens == ref.tolist(), f"{family}: row {b} diverged"
+    steps = [a for r in out for a in r.accept_lengths]
+    assert sum(steps) / len(steps) > 1.5
+
+
+def test_batched_drafting_builds_each_rows_own_tree(seq_oracle, oracle):
+    """draft_trees (one head call per depth for all rows) builds exactly the trees draft_tree builds row by row."""
+    from infer.decode import draft_tree, draft_trees
+
+    for _, model, heads, _prompts, _ in (seq_oracle, oracle):
+        cfg = DecodeConfig(node_budget=12, top_m=4)
+        lm_head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+        hiddens = torch.randn(5, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+        roots = [3, 7, 11, 13, 17]
+        batched, _ = draft_trees(heads, lm_head, embed, hiddens, roots, cfg, heads.num_heads, cfg.top_m)
+        for b, (tree, tok, _) in enumerate(batched):
+            alone = draft_tree(
+                heads, lm_head, embed, hiddens[b], torch.tensor(roots[b]), cfg, heads.num_heads, 4
+            )
+            assert torch.equal(tree.parents, alone[0].parents) and torch.equal(tree.depth, alone[0].depth)
+            mine = tree.tokens if tok is None else tok
+            theirs = alone[0].tokens if alone[1] is None else alone[1]
+            assert torch.equal(mine, theirs)
