@@ -252,16 +252,18 @@ class BatchDecoder:
                 finished.append(r)
         self.valid = compact_rows(self.cache, self.valid, S, paths)
         t3 = _now(self.device)
-        if latency is not None:
-            latency.observe(T, t3 - t2, (t1 - t0) / B if drafting else None)
-        for r in self.rows:  # per-row time: the batch's step time is every row's wall clock
-            r.result.time_heads += t1 - t0
-            r.result.time_tree += t2 - t1
-            r.result.time_verify += t3 - t2
-            r.result.time_total += t3 - t0
+        rows = list(self.rows)
         self._drop([i for i, r in enumerate(self.rows) if not r.done])
         if self.rows and self.valid.numel() > 2 * int(self.valid.sum()) + 64 * len(self.rows):
             self.valid = pack_rows(self.cache, self.valid)  # more holes than tokens: squeeze them out
+        t4 = _now(self.device)
+        if latency is not None:  # fixed: the bookkeeping every step pays (masks, positions, cache moves)
+            latency.observe(T, t3 - t2, (t1 - t0) / B if drafting else None, (t2 - t1) + (t4 - t3))
+        for r in rows:  # per-row time: the batch's step time is every row's wall clock
+            r.result.time_heads += t1 - t0
+            r.result.time_tree += t2 - t1
+            r.result.time_verify += t3 - t2
+            r.result.time_total += t4 - t0
         return gone + finished
 
 

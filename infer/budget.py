@@ -61,6 +61,9 @@ class LatencyProfile:
     key: dict  # what was measured: model, dtype, device, threads, torch version, CPU capability
     observed: list = field(default_factory=list, repr=False)  # per size class: recent observed/prior ratios
     overhead: list = field(default_factory=list, repr=False)  # recent observed heads + tree times
+    fixed: list = field(
+        default_factory=list, repr=False
+    )  # recent per-step bookkeeping (masks, cache) of any step
     steps: int = 0  # best_budget calls so far (the probe schedule)
     probe: bool = True  # probe anchor sizes now and then (off: a pure argmax, for tests)
     skipping: bool = False  # the last draft said plain steps win: decode without drafting for a while
@@ -98,7 +101,9 @@ class LatencyProfile:
         )  # E(n) - B
         n = (self.sizes - 1).clamp(max=N)  # [S]
         overhead = (_robust(self.overhead) if self.overhead else self.heads_seconds) * len(rows)
-        est = self.estimate()
+        est = self.estimate() + (
+            _robust(self.fixed) if self.fixed else 0.0
+        )  # every step pays its bookkeeping
         rate = (len(rows) + probs[n]) / (est + overhead)
         # a plain step pays no drafting cost; a tree must beat it by the calibration's known optimism (predicted
         # tokens/step run a few per cent high), else near-ties pick trees that then lose
@@ -111,7 +116,7 @@ class LatencyProfile:
     def trees_can_pay(self, batch: int, depth: int) -> bool:
         """False when even trees whose every node is accepted (min(T, depth + 1) tokens per row) could not beat
         plain steps for ``batch`` rows at this profile's latencies and drafting cost: then do not draft at all."""
-        est = self.estimate()
+        est = self.estimate() + (_robust(self.fixed) if self.fixed else 0.0)
         overhead = (_robust(self.overhead) if self.overhead else self.heads_seconds) * batch
         best = batch * torch.clamp(self.sizes, max=depth + 1).double() / (est + overhead)
         return bool((best[self.sizes > 1] > batch / est[self.sizes == 1][0]).any())
@@ -136,9 +141,17 @@ class LatencyProfile:
         self._ensure()
         return min(anchors, key=lambda i: (len(self.observed[_size_class(sizes[i])]), i))
 
-    def observe(self, size: int, verify_seconds: float, overhead_seconds: float | None = None) -> None:
+    def observe(
+        self,
+        size: int,
+        verify_seconds: float,
+        overhead_seconds: float | None = None,
+        fixed_seconds: float | None = None,
+    ) -> None:
         """A decode step verified ``size`` tokens in ``verify_seconds`` (+ heads/tree ``overhead_seconds`` when it
-        drafted)."""
+        drafted, + ``fixed_seconds`` of bookkeeping every step pays, tree or not: masks, cache moves)."""
+        if fixed_seconds is not None:
+            self.fixed = (self.fixed + [float(fixed_seconds)])[-WINDOW:]
         self._ensure()
         i = min(int(torch.searchsorted(self.sizes, torch.tensor(size))), len(self.sizes) - 1)
         b = min(_size_class(size), len(self.observed) - 1)
