@@ -205,17 +205,23 @@ def sequential_expand(heads, lm_head, embed, hidden: torch.Tensor, cfg: DecodeCo
 
     def expand(d: int, paths: torch.Tensor):
         t0 = _now(hidden.device)
-        F = paths.shape[0]
-        logits = heads.head_logits(d, hidden.expand(F, -1), lm_head, embed(paths)).float()  # [F, V_head]
-        k = min(m, logits.shape[-1])
-        if cfg.calibration is not None:
-            idx, logp = cfg.calibration.topk(logits, k, head=d)
-        else:
-            logp, idx = torch.topk(torch.log_softmax(logits, -1), k, dim=-1)
+        out = head_children(heads, lm_head, embed, d, hidden.expand(paths.shape[0], -1), paths, cfg, m)
         timer[0] += _now(hidden.device) - t0
-        return heads.to_full_vocab(idx), logp
+        return out
 
     return expand
+
+
+def head_children(heads, lm_head, embed, d: int, hidden: torch.Tensor, paths: torch.Tensor, cfg, m: int):
+    """Sequential head d on F paths [F, d+1] read from hidden [F, H] -> (token ids [F, m], conditional log-probs
+    [F, m], calibrated when cfg.calibration is set)."""
+    logits = heads.head_logits(d, hidden, lm_head, embed(paths)).float()  # [F, V_head]
+    k = min(m, logits.shape[-1])
+    if cfg.calibration is not None:
+        idx, logp = cfg.calibration.topk(logits, k, head=d)
+    else:
+        logp, idx = torch.topk(torch.log_softmax(logits, -1), k, dim=-1)
+    return heads.to_full_vocab(idx), logp
 
 
 def tree_room(cfg: DecodeConfig, heads) -> int:
@@ -272,14 +278,9 @@ def draft_trees(heads, lm_head, embed, hiddens, roots: list[int], cfg: DecodeCon
             sizes = [p.shape[0] for _, p in requests]
             hs = torch.cat([hiddens[b].expand(p.shape[0], -1) for b, p in requests])  # [F, H]
             paths = torch.cat([p for _, p in requests])  # [F, d+1]
-            logits = heads.head_logits(d, hs, lm_head, embed(paths)).float()  # [F, V_head]
-            k = min(top_m, logits.shape[-1])
-            if cfg.calibration is not None:
-                idx, logp = cfg.calibration.topk(logits, k, head=d)
-            else:
-                logp, idx = torch.topk(torch.log_softmax(logits, -1), k, dim=-1)
+            tok, logp = head_children(heads, lm_head, embed, d, hs, paths, cfg, top_m)
             timer[0] += _now(hiddens.device) - t1
-            return list(zip(heads.to_full_vocab(idx).split(sizes), logp.split(sizes)))
+            return list(zip(tok.split(sizes), logp.split(sizes)))
 
         trees = conditional_trees(expand_rows, root_t, depth, cfg.node_budget, cfg.beam, cfg.min_mass)
         return [(t, None, None) for t in trees], timer[0]

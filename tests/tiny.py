@@ -164,3 +164,12 @@ def oracle_setup(
         model, [torch.cat([p[0], c]) for p, c in zip(prompts, conts)], num_heads=3, steps=60
     )
     return family, model, heads, prompts, conts
+
+
+def sequential_oracle(oracle):
+    """The same model, prompts and continuations as an ``oracle_setup`` fixture, with sequential (path-conditioned)
+    oracle heads."""
+    family, model, _, prompts, conts = oracle
+    sequences = [torch.cat([p[0], c]) for p, c in zip(prompts, conts)]
+    heads = fit_oracle_heads(model, sequences, num_heads=3, steps=60, head_type="sequential")
+    return family, model, heads, prompts, conts

@@ -6,7 +6,7 @@ import torch
 
 from infer.batch import BatchDecoder, generate_batch, row_config
 from infer.decode import DecodeConfig, generate
-from tests.tiny import FAMILIES, oracle_setup
+from tests.tiny import FAMILIES, oracle_setup, sequential_oracle
 
 NEW = 20
 
@@ -90,17 +90,8 @@ def test_bad_inputs(oracle):
 
 @pytest.fixture(scope="module")
 def seq_oracle(oracle):
-    from tests.tiny import fit_oracle_heads
-
-    family, model, _, prompts, conts = oracle
-    heads = fit_oracle_heads(
-        model,
-        [torch.cat([p[0], c]) for p, c in zip(prompts, conts)],
-        num_heads=3,
-        steps=60,
-        head_type="sequential",
-    )
-    return family, model, heads, prompts, conts
+    """Sequential (path-conditioned) oracle heads for the same model, prompts and continuations."""
+    return sequential_oracle(oracle)
 
 
 @pytest.mark.parametrize(

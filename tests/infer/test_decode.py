@@ -6,7 +6,7 @@ import torch
 from infer.backbone import compact_kv, forward_hidden, tree_attention_mask
 from infer.decode import DecodeConfig, generate
 from infer.tree import static_tree, tree_buffers
-from tests.tiny import FAMILIES, fit_oracle_heads, oracle_setup, tiny_model
+from tests.tiny import FAMILIES, oracle_setup, sequential_oracle, tiny_model
 
 NEW = 24
 
@@ -116,15 +116,7 @@ def test_reduced_head_vocabulary_stays_lossless(oracle):
 @pytest.fixture(scope="module")
 def seq_oracle(oracle):
     """Sequential (path-conditioned) oracle heads for the same model, prompts and continuations."""
-    family, model, _, prompts, conts = oracle
-    heads = fit_oracle_heads(
-        model,
-        [torch.cat([p[0], c]) for p, c in zip(prompts, conts)],
-        num_heads=3,
-        steps=60,
-        head_type="sequential",
-    )
-    return family, model, heads, prompts, conts
+    return sequential_oracle(oracle)
 
 
 @pytest.mark.parametrize(
