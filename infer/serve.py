@@ -343,16 +343,19 @@ def build_app(pipe: Pipeline, served: str | None = None, trees: bool = True, max
 
         if not opts["stream"]:
             try:
+                checked = time.perf_counter()
                 while True:
                     try:
                         kind_, _ = await asyncio.wait_for(job.events.get(), 0.5)
                     except asyncio.TimeoutError:
-                        if await request.is_disconnected():  # nobody to answer: free the row
-                            job.cancelled = True
-                            return error(RequestError("client disconnected", status=499))
-                        continue
+                        kind_ = None
                     if kind_ == "done":
                         break
+                    if time.perf_counter() - checked > 0.5:  # nobody to answer any more: free the row
+                        checked = time.perf_counter()
+                        if await request.is_disconnected():
+                            job.cancelled = True
+                            return error(RequestError("client disconnected", status=499))
             except asyncio.CancelledError:
                 job.cancelled = True
                 raise

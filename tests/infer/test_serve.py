@@ -4,7 +4,6 @@ OpenAI-shaped errors after which the server keeps serving, and a client that dis
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -207,17 +206,32 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
     assert reply.choices[0].message.content is not None
 
 
-def test_a_disconnected_client_frees_its_row(server):
-    url, engine = server["url"], server["engine"]
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_disconnected_client_frees_its_row(server, monkeypatch, stream):
+    """A client that hangs up mid-answer (streaming: after one chunk; not streaming: a read timeout) stops its row:
+    it leaves the batch cancelled, long before its max_tokens (each step slowed by 50 ms so the answer takes seconds)."""
+    engine, url = server["engine"], server["url"]
+    left, step = [], engine.decoder.step
+
+    def slow_step():
+        time.sleep(0.05)
+        gone = step()
+        left.extend(gone)
+        return gone
+
+    monkeypatch.setattr(engine.decoder, "step", slow_step)
     body = {"model": SERVED, "messages": [{"role": "user", "content": "Count to five."}], "max_tokens": 120,
-            "stream": True}  # fmt: skip
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as response:
-        for line in response.iter_lines():
-            if line.startswith("data:") and "content" in line:
-                json.loads(line[5:])
-                break  # one chunk read, then hang up
-    for _ in range(200):
-        if not engine.decoder.rows:
+            "stream": stream}  # fmt: skip
+    if stream:
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as response:
+            for line in response.iter_lines():
+                if line.startswith("data:") and "content" in line:
+                    break  # one chunk read, then hang up
+    else:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/chat/completions", json=body, timeout=0.5)
+    for _ in range(100):
+        if left:
             break
         time.sleep(0.05)
-    assert not engine.decoder.rows  # the row left the batch long before its 120 tokens
+    assert left and left[0].cancelled and len(left[0].result.tokens) < 100
