@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from .backbone import (
     additive_mask,
@@ -47,6 +48,7 @@ from .decode import (
     accept_sample,
     draft_trees,
     expected_tokens,
+    is_greedy,
     tree_room,
 )
 from .tree import static_tree, top_nodes, tree_buffers, tree_tokens
@@ -148,6 +150,26 @@ class BatchDecoder:
         self.rows.append(row)
         return row
 
+    def _tree_inputs(self, trees, tops, S: int):
+        """Each row's tree, padded to the biggest -> ids [B, T], position ids [B, T], visible [B, T, S + T]
+        (a row sees its own valid slots and tree ancestors; padding nodes see only themselves), and per row its
+        tree tokens [T_b] and tree mask [T_b, T_b]."""
+        fixed = self.static is not None and not self.heads.sequential  # the static tree's own buffers
+        buffers = [self.static_buffers if fixed else tree_buffers(t) for t in trees]
+        tokens = [tree_tokens(t, root_t, top) for t, (root_t, top, _) in zip(trees, tops)]
+        B, T = len(trees), max(t.numel() for t in tokens)
+        ids = torch.zeros(B, T, dtype=torch.long, device=self.device)
+        pos = torch.zeros(B, T, dtype=torch.long, device=self.device)
+        visible = torch.zeros(B, T, S + T, dtype=torch.bool, device=self.device)
+        visible[:, :, S:] = torch.eye(T, dtype=torch.bool, device=self.device)
+        for b, r in enumerate(self.rows):
+            n = tokens[b].numel()
+            ids[b, :n], ids[b, n:] = tokens[b], r.root
+            pos[b, :n], pos[b, n:] = buffers[b].position_offsets + r.pos, r.pos
+            visible[b, :n, :S] = self.valid[b]
+            visible[b, :n, S : S + n] = buffers[b].tree_mask
+        return ids, pos, visible, tokens, [b.tree_mask for b in buffers]
+
     def cancel(self, row: Row) -> None:
         """Stop a row (a client went away): it leaves the batch at the next step boundary."""
         row.cancelled = True
@@ -195,40 +217,24 @@ class BatchDecoder:
                 n = latency.best_budget([t.score[1:].sort(descending=True).values for t in trees])
                 trees = [top_nodes(t, n) for t in trees]
         t1 = _now(self.device)
-        if drafting and trees[0].size > 1:
-            fixed = self.static is not None and not self.heads.sequential  # the static tree's own buffers
-            buffers = [self.static_buffers if fixed else tree_buffers(t) for t in trees]
-            tokens = [tree_tokens(t, root_t, top) for t, (root_t, top, _) in zip(trees, tops)]
-            masks = [b.tree_mask for b in buffers]
-            offsets = [b.position_offsets for b in buffers]
+        drafting = drafting and trees[0].size > 1
+        if drafting:
+            ids, pos, visible, tokens, masks = self._tree_inputs(trees, tops, S)
         else:  # plain step: every row verifies its root alone
-            drafting = False
-            tokens = [torch.tensor([r.root], device=self.device) for r in self.rows]
-            masks = [torch.ones(1, 1, dtype=torch.bool, device=self.device)] * B
-            offsets = [torch.zeros(1, dtype=torch.long, device=self.device)] * B
-        T = max(t.numel() for t in tokens)
-        ids = torch.zeros(B, T, dtype=torch.long, device=self.device)
-        pos = torch.zeros(B, T, dtype=torch.long, device=self.device)
-        visible = torch.zeros(B, T, S + T, dtype=torch.bool, device=self.device)
-        visible[:, :, S:] = torch.eye(
-            T, dtype=torch.bool, device=self.device
-        )  # padding nodes: only themselves
-        for b, r in enumerate(self.rows):
-            n = tokens[b].numel()
-            ids[b, :n], ids[b, n:] = tokens[b], r.root
-            pos[b, :n], pos[b, n:] = offsets[b] + r.pos, r.pos
-            visible[b, :n, :S] = self.valid[b]
-            visible[b, :n, S : S + n] = masks[b]
+            ids = torch.tensor([[r.root] for r in self.rows], device=self.device)  # [B, 1]
+            pos = torch.tensor([[r.pos] for r in self.rows], device=self.device)
+            visible = F.pad(self.valid, (0, 1), value=True)[:, None]  # [B, 1, S + 1]
+        T = ids.shape[1]
         t2 = _now(self.device)
         hiddens = forward_hidden(
             self.decoder, ids, self.cache, pos, additive_mask(visible, self.dtype)
         )  # [B, T, H]
         logits = project(self.model, self.lm_head, hiddens)  # [B, T, V]
-        paths, finished = [], []
-        for b, r in enumerate(self.rows):
-            n = tokens[b].numel()
-            if drafting:
-                tree = trees[b]
+        finished = []
+        if drafting:
+            paths = []
+            for b, r in enumerate(self.rows):
+                tree, n = trees[b], tokens[b].numel()
                 if r.cfg.acceptance == "sample":
                     path, root = accept_sample(tree, tokens[b], logits[b, :n], r.cfg, r.generator)
                 else:
@@ -236,25 +242,30 @@ class BatchDecoder:
                         tree, masks[b], tokens[b], logits[b, :n], r.cfg, r.generator
                     )
                 r.result.predicted.append(expected_tokens(tree, masks[b], tops[b][2]))
-            else:
-                path, root = (
-                    torch.zeros(1, dtype=torch.long, device=self.device),
-                    _pick(logits[b, 0], r.cfg, r.generator),
-                )
+                r.result.tree_sizes.append(n)
+                paths.append(path)
+                r.hidden, r.root, r.pos = hiddens[b, path[-1]], root, r.pos + path.numel()
+                if _emit(r.result, tokens[b][path[1:]].tolist() + [root], self.eos, r.cfg, r.on_tokens):
+                    finished.append(r)
+            self.valid = compact_rows(self.cache, self.valid, S, paths)
+        else:  # nothing to move in the cache: every row keeps its one new slot
+            greedy = logits[:, 0].argmax(-1).tolist()  # one host sync for the batch
+            for b, r in enumerate(self.rows):
+                root = greedy[b] if is_greedy(r.cfg) else _pick(logits[b, 0], r.cfg, r.generator)
                 if not self.plain:
                     r.result.predicted.append(1.0)
-            new = tokens[b][path[1:]].tolist() + [root]
-            paths.append(path)
-            r.hidden, r.root, r.pos = hiddens[b, path[-1]], root, r.pos + path.numel()
-            r.result.tree_sizes.append(n)
-            r.done = _emit(r.result, new, self.eos, r.cfg, r.on_tokens)
-            if r.done:
-                finished.append(r)
-        self.valid = compact_rows(self.cache, self.valid, S, paths)
+                r.result.tree_sizes.append(1)
+                r.hidden, r.root, r.pos = hiddens[b, 0], root, r.pos + 1
+                if _emit(r.result, [root], self.eos, r.cfg, r.on_tokens):
+                    finished.append(r)
+            self.valid = F.pad(self.valid, (0, 1), value=True)
+        for r in finished:
+            r.done = True
         t3 = _now(self.device)
         rows = list(self.rows)
         self._drop([i for i, r in enumerate(self.rows) if not r.done])
-        if self.rows and self.valid.numel() > 2 * int(self.valid.sum()) + 64 * len(self.rows):
+        real = sum(r.pos for r in self.rows)  # each row's real cache slots: its prompt and accepted tokens
+        if self.rows and self.valid.numel() > 2 * real + 64 * len(self.rows):
             self.valid = pack_rows(self.cache, self.valid)  # more holes than tokens: squeeze them out
         t4 = _now(self.device)
         if latency is not None:  # fixed: the bookkeeping every step pays (masks, positions, cache moves)

@@ -435,9 +435,13 @@ def expected_tokens(tree: Tree, tree_mask: torch.Tensor, logp: torch.Tensor | No
     return float(path_logp[1:].exp().sum()) + 1.0
 
 
+def is_greedy(cfg: DecodeConfig) -> bool:
+    return cfg.acceptance == "greedy" or cfg.temperature <= 0
+
+
 def _pick(logits: torch.Tensor, cfg: DecodeConfig, generator) -> int:
     """The next token from [V] logits: argmax, or a draw at the temperature (typical-truncated for typical)."""
-    if cfg.acceptance == "greedy" or cfg.temperature <= 0:
+    if is_greedy(cfg):
         return int(logits.argmax())
     probs = torch.softmax(logits / cfg.temperature, -1)
     if cfg.acceptance == "typical":
