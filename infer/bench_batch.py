@@ -22,7 +22,6 @@ import time
 
 import torch
 
-from .backbone import stop_ids
 from .batch import BatchDecoder
 from .budget import BatchLatency
 from .hardware import cpu_flags
@@ -169,8 +168,6 @@ def main(argv=None) -> int:
         c[0] for c in convs[1:]
     ]  # the first question: reserved (MT-Bench's first is often a warm-up)
     prompts = [pipe.encode([{"role": "user", "content": q}]) for q in questions]
-    eos = stop_ids(pipe.model, pipe.tokenizer)
-    assert eos == pipe.eos
     print(f"# bench_batch: {len(prompts)} prompts, {args.max_new_tokens} new tokens, "
           f"{str(pipe.dtype).replace('torch.', '')}, torch threads {torch.get_num_threads()}, "
           f"CPU {' '.join(cpu_flags())}", flush=True)  # fmt: skip

@@ -63,15 +63,11 @@ class Job:
     finish_reason: str | None = None
     cancelled: bool = False
     row: object = None
-    t_submit: float = field(default_factory=time.perf_counter)
-    t_first: float | None = None
 
     def push(self, new: list[int]) -> None:
         """Decode thread: a step's tokens -> a text delta event; a stop string ends the row there."""
         if self.finish_reason is not None:
             return
-        if self.t_first is None:
-            self.t_first = time.perf_counter()
         self.tokens.extend(new)
         full = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
         found = [full.find(s, max(0, len(self.text) - len(s))) for s in self.stop]
@@ -219,7 +215,8 @@ def parse_request(body, chat: bool, pipe: Pipeline, served: str) -> tuple[torch.
     max_tokens = _field(body, "max_completion_tokens", int, max_tokens, lambda v: v >= 1, "an integer >= 1")
     temperature = _field(body, "temperature", number, 0.0, lambda v: math.isfinite(v) and 0 <= v <= 2,
                          "a number in [0, 2]")  # fmt: skip
-    top_p = _field(
+    # checked only: lossless sampling draws from the whole distribution, one answer per request
+    _field(
         body,
         "top_p",
         number,
@@ -227,7 +224,7 @@ def parse_request(body, chat: bool, pipe: Pipeline, served: str) -> tuple[torch.
         lambda v: v == 1,
         "1 (lossless sampling draws from the whole distribution)",
     )
-    n = _field(body, "n", int, 1, lambda v: v == 1, "1")
+    _field(body, "n", int, 1, lambda v: v == 1, "1")
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop or []
     if not isinstance(stop, list) or len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
@@ -253,7 +250,6 @@ def parse_request(body, chat: bool, pipe: Pipeline, served: str) -> tuple[torch.
             "max_tokens",
             code="context_length_exceeded",
         )
-    del top_p, n
     return (
         ids,
         cfg,

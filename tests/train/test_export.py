@@ -52,7 +52,7 @@ TGI_WEIGHTS_FILE = "medusa_lm_head.safetensors"
 TRTLLM_WEIGHTS_FILES = ("medusa_lm_head.pt", "medusa_lm_head.safetensors")
 TRTLLM_CONFIG_FIELDS = {"medusa_num_layers"}
 # FasterDecoding/Medusa medusa/model/medusa_model.py: MedusaConfig(medusa_num_heads, medusa_num_layers,
-# base_model_name_or_path); torch.load(".../medusa_lm_head.pt") into nn.Sequential(*([ResBlock(H)] * L),
+# base_model_name_or_path); it loads medusa_lm_head.pt into nn.Sequential(*([ResBlock(H)] * L),
 # nn.Linear(H, V, bias=False)) -> keys "{h}.{l}.linear.weight|bias", "{h}.{L}.weight".
 MEDUSA1_CONFIG_FIELDS = {"medusa_num_heads", "medusa_num_layers", "base_model_name_or_path"}
 MEDUSA1_WEIGHTS_FILE = "medusa_lm_head.pt"
