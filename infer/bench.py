@@ -271,13 +271,21 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
+    out = open(args.out, "w") if args.out else None
+    try:
+        return _bench(args, out)
+    finally:
+        if out:
+            out.close()
+
+
+def _bench(args, out) -> int:
     convs = read_prompts(args.prompts, args.limit + args.warmup, args.split)
     specs = heads_specs(args)
     label = ", ".join(
         (f"{lb}=" if lb else "") + (os.path.relpath(p, ROOT) if os.path.isdir(p) else p) for lb, p in specs
     )
     label = args.heads_label or label
-    out = open(args.out, "w") if args.out else None
     from .hardware import cpu_flags
 
     print(

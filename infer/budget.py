@@ -61,9 +61,8 @@ class LatencyProfile:
     key: dict  # what was measured: model, dtype, device, threads, torch version, CPU capability
     observed: list = field(default_factory=list, repr=False)  # per size class: recent observed/prior ratios
     overhead: list = field(default_factory=list, repr=False)  # recent observed heads + tree times
-    fixed: list = field(
-        default_factory=list, repr=False
-    )  # recent per-step bookkeeping (masks, cache) of any step
+    # recent per-step bookkeeping (masks, positions, cache moves) that every step pays, tree or not
+    fixed: list = field(default_factory=list, repr=False)
     steps: int = 0  # best_budget calls so far (the probe schedule)
     probe: bool = True  # probe anchor sizes now and then (off: a pure argmax, for tests)
     skipping: bool = False  # the last draft said plain steps win: decode without drafting for a while
@@ -96,14 +95,10 @@ class LatencyProfile:
         self.steps += 1
         rows = sorted_logp if isinstance(sorted_logp, list) else [sorted_logp]
         N = min(r.numel() for r in rows)
-        probs = sum(
-            torch.cat([r.new_zeros(1), r[:N].exp().cumsum(0)]).double().cpu() for r in rows
-        )  # E(n) - B
+        # [N + 1]: E(n) - B, the expected extra tokens of the n best nodes, summed over the rows
+        probs = sum(torch.cat([r.new_zeros(1), r[:N].exp().cumsum(0)]).double().cpu() for r in rows)
         n = (self.sizes - 1).clamp(max=N)  # [S]
-        overhead = (_robust(self.overhead) if self.overhead else self.heads_seconds) * len(rows)
-        est = self.estimate() + (
-            _robust(self.fixed) if self.fixed else 0.0
-        )  # every step pays its bookkeeping
+        est, overhead = self._costs(len(rows))
         rate = (len(rows) + probs[n]) / (est + overhead)
         # a plain step pays no drafting cost; a tree must beat it by the calibration's known optimism (predicted
         # tokens/step run a few per cent high), else near-ties pick trees that then lose
@@ -113,11 +108,15 @@ class LatencyProfile:
         i = self._probe(max(2, 2 * int(self.sizes[best])))
         return int(n[best if i is None else i])
 
+    def _costs(self, batch: int) -> tuple[torch.Tensor, float]:
+        """-> ([S] seconds of a step per tree size, bookkeeping included; seconds of drafting for ``batch`` rows)."""
+        est = self.estimate() + (_robust(self.fixed) if self.fixed else 0.0)
+        return est, (_robust(self.overhead) if self.overhead else self.heads_seconds) * batch
+
     def trees_can_pay(self, batch: int, depth: int) -> bool:
         """False when even trees whose every node is accepted (min(T, depth + 1) tokens per row) could not beat
         plain steps for ``batch`` rows at this profile's latencies and drafting cost: then do not draft at all."""
-        est = self.estimate() + (_robust(self.fixed) if self.fixed else 0.0)
-        overhead = (_robust(self.overhead) if self.overhead else self.heads_seconds) * batch
+        est, overhead = self._costs(batch)
         best = batch * torch.clamp(self.sizes, max=depth + 1).double() / (est + overhead)
         return bool((best[self.sizes > 1] > batch / est[self.sizes == 1][0]).any())
 
@@ -358,20 +357,8 @@ def _measure_checked(model, sizes, path: str, key: dict, verbose: bool, batch: i
     return prof
 
 
-BATCH_SIZES = [
-    1,
-    2,
-    3,
-    4,
-    6,
-    8,
-    12,
-    16,
-    24,
-    32,
-    48,
-    64,
-]  # tree sizes measured for batches of more than one row
+# tree sizes measured for batches of more than one row
+BATCH_SIZES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
 
 
 class BatchLatency:

@@ -28,7 +28,6 @@ from .backbone import (
 from .tree import (
     Tree,
     conditional_static_tree,
-    conditional_tree,
     conditional_trees,
     dynamic_tree,
     static_tree,
@@ -175,14 +174,6 @@ def accept_sample(tree: Tree, tokens: torch.Tensor, logits: torch.Tensor, cfg, g
 
 
 # --------------------------------------------------------------------------------------------- the decoder
-@torch.no_grad()
-def head_candidates(
-    heads, lm_head, hidden: torch.Tensor, cfg: DecodeConfig, m: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """hidden [H] at the last accepted position -> (top-m token ids [K, m], log-probs [K, m])."""
-    return top_candidates(heads, heads(hidden, lm_head).float(), cfg, m)
-
-
 def top_candidates(
     heads, logits: torch.Tensor, cfg: DecodeConfig, m: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,20 +187,6 @@ def top_candidates(
     else:
         top_logp, top_idx = torch.topk(torch.log_softmax(logits, -1), m, dim=-1)
     return heads.to_full_vocab(top_idx), top_logp
-
-
-def sequential_expand(heads, lm_head, embed, hidden: torch.Tensor, cfg: DecodeConfig, m: int, timer: list):
-    """The tree builder's ``expand`` for sequential heads at one root: head d on F frontier paths [F, d+1] ->
-    (token ids [F, m], conditional log-probs [F, m], calibrated when cfg.calibration is set). ``timer[0]``
-    accumulates the heads' time."""
-
-    def expand(d: int, paths: torch.Tensor):
-        t0 = _now(hidden.device)
-        out = head_children(heads, lm_head, embed, d, hidden.expand(paths.shape[0], -1), paths, cfg, m)
-        timer[0] += _now(hidden.device) - t0
-        return out
-
-    return expand
 
 
 def head_children(heads, lm_head, embed, d: int, hidden: torch.Tensor, paths: torch.Tensor, cfg, m: int):
@@ -237,59 +214,49 @@ def tree_room(cfg: DecodeConfig, heads) -> int:
 
 def draft_tree(heads, lm_head, embed, hidden, root_t, cfg: DecodeConfig, depth: int, top_m: int, static=None):
     """One step's drafting at hidden [H] -> (tree, top tokens [K, m] | None, top log-probs [K, m] | None, seconds
-    spent in the heads). Medusa heads: one call, then the static or dynamic tree. Sequential heads: the heads run
-    inside the depth-by-depth builder (top tokens/log-probs None: the tree carries its tokens and path scores)."""
-    t0 = _now(hidden.device)
-    if heads.sequential:
-        timer = [0.0]
-        expand = sequential_expand(heads, lm_head, embed, hidden, cfg, top_m, timer)
-        if static is not None:
-            return conditional_static_tree(static, expand, root_t), None, None, timer[0]
-        tree = conditional_tree(expand, root_t, depth, cfg.node_budget, cfg.beam, cfg.min_mass)
-        return tree, None, None, timer[0]
-    top_tokens, top_logp = head_candidates(heads, lm_head, hidden, cfg, top_m)  # [K, m] each
-    heads_s = _now(hidden.device) - t0
-    tree = static if static is not None else dynamic_tree(top_logp, cfg.node_budget)
-    return tree, top_tokens, top_logp, heads_s
+    spent in the heads): :func:`draft_trees` for one row."""
+    [(tree, tokens, logp)], spent = draft_trees(
+        heads, lm_head, embed, hidden[None], [root_t], cfg, depth, top_m, static
+    )
+    return tree, tokens, logp, spent
 
 
 @torch.no_grad()
-def draft_trees(heads, lm_head, embed, hiddens, roots: list[int], cfg: DecodeConfig, depth: int, top_m: int,
+def draft_trees(heads, lm_head, embed, hiddens, roots: list, cfg: DecodeConfig, depth: int, top_m: int,
                 static=None) -> tuple[list, float]:  # fmt: skip
-    """:func:`draft_tree` for a batch: hiddens [B, H], roots [B] -> ([(tree, top tokens | None, top log-probs |
-    None)] per row, seconds in the heads). The heads run once for the batch (sequential heads: once per depth over
-    every row's frontier) instead of once per row; each row's tree is the one draft_tree builds."""
-    t0 = _now(hiddens.device)
-    root_t = [torch.tensor(r, device=hiddens.device) for r in roots]
-    if heads.sequential and static is not None:  # per row (a static tree's depths are few and small)
-        out, spent = [], 0.0
-        for b, root in enumerate(root_t):
-            tree, tok, logp, s = draft_tree(
-                heads, lm_head, embed, hiddens[b], root, cfg, depth, top_m, static
-            )
-            out.append((tree, tok, logp))
-            spent += s
-        return out, spent
-    if heads.sequential:
-        timer = [0.0]
+    """One step's drafting for a batch: hiddens [B, H], roots [B] (ints or 0-d tensors) -> ([(tree, top tokens
+    [K, m] | None, top log-probs [K, m] | None)] per row, seconds spent in the heads). Medusa heads: one call for
+    every row, then each row's static or dynamic tree. Sequential heads: the heads run inside the depth-by-depth
+    builders, one call per depth over every row's frontier (top tokens/log-probs None: the tree carries its tokens
+    and path scores)."""
+    device = hiddens.device
+    root_t = [torch.as_tensor(r, device=device) for r in roots]
+    if not heads.sequential:
+        t0 = _now(device)
+        logits = heads(hiddens, lm_head).float()  # [K, B, V or V_head]
+        tops = [top_candidates(heads, logits[:, b], cfg, top_m) for b in range(len(root_t))]  # [K, m] each
+        spent = _now(device) - t0
+        trees = [static if static is not None else dynamic_tree(lp, cfg.node_budget) for _, lp in tops]
+        return [(t, tok, lp) for t, (tok, lp) in zip(trees, tops)], spent
+    timer = [0.0]
 
-        def expand_rows(d: int, requests):
-            t1 = _now(hiddens.device)
-            sizes = [p.shape[0] for _, p in requests]
-            hs = torch.cat([hiddens[b].expand(p.shape[0], -1) for b, p in requests])  # [F, H]
-            paths = torch.cat([p for _, p in requests])  # [F, d+1]
-            tok, logp = head_children(heads, lm_head, embed, d, hs, paths, cfg, top_m)
-            timer[0] += _now(hiddens.device) - t1
-            return list(zip(tok.split(sizes), logp.split(sizes)))
+    def expand_rows(d: int, requests):  # [(row, paths [F_row, d+1])] -> [(tokens, logp) [F_row, m]]
+        t1 = _now(device)
+        sizes = [p.shape[0] for _, p in requests]
+        hs = torch.cat([hiddens[b].expand(p.shape[0], -1) for b, p in requests])  # [F, H]
+        paths = torch.cat([p for _, p in requests])  # [F, d+1]
+        tok, logp = head_children(heads, lm_head, embed, d, hs, paths, cfg, top_m)
+        timer[0] += _now(device) - t1
+        return list(zip(tok.split(sizes), logp.split(sizes)))
 
+    if static is not None:  # the static tree's parents, depth by depth, row by row
+        trees = [
+            conditional_static_tree(static, lambda d, p, b=b: expand_rows(d, [(b, p)])[0], r)
+            for b, r in enumerate(root_t)
+        ]
+    else:
         trees = conditional_trees(expand_rows, root_t, depth, cfg.node_budget, cfg.beam, cfg.min_mass)
-        return [(t, None, None) for t in trees], timer[0]
-    logits = heads(hiddens, lm_head).float()  # [K, B, V]
-    tops = [top_candidates(heads, logits[:, b], cfg, top_m) for b in range(len(roots))]
-    spent = _now(hiddens.device) - t0
-    return [
-        (static if static is not None else dynamic_tree(lp, cfg.node_budget), tok, lp) for tok, lp in tops
-    ], spent
+    return [(t, None, None) for t in trees], timer[0]
 
 
 def _now(device) -> float:
