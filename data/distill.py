@@ -53,9 +53,20 @@ def _normalize(record: dict, index: int) -> dict:
     rid = str(record.get("id", record.get("question_id", f"r{index:06d}")))
     system = None
     if "turns" in record:
-        users = [str(t) for t in record["turns"]]
+        turns = record["turns"]
+        if (
+            not isinstance(turns, list)
+            or not turns
+            or not all(isinstance(t, str) and t.strip() for t in turns)
+        ):
+            raise DistillError(
+                f"record {rid}: 'turns' must be a non-empty list of strings, got {turns!r:.80}"
+            )
+        users = list(turns)
     else:
         messages = record["messages"]
+        if not isinstance(messages, list):
+            raise DistillError(f"record {rid}: 'messages' must be a list, got {messages!r:.80}")
         bad = [
             m for m in messages if not isinstance(m, dict) or m.get("role") not in ROLES or "content" not in m
         ]

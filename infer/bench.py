@@ -34,6 +34,7 @@ from .base import DEFAULT_MODEL, load_base_model
 from .baselines import BASELINES, run_baseline
 from .budget import DEFAULT_SIZES, load_or_measure
 from .decode import DEFAULT_CHOICES, DecodeConfig, DecodeResult, generate
+from .engine import ENGINES, make_engine
 from .pipeline import SHIPPED_HEADS, PipelineError, encode, load_calibration, load_heads, read_prompts
 from .tree import sparse_tree_from_accuracies
 
@@ -79,7 +80,25 @@ def parse_args(argv=None):
         help="hf-generate, hf-prompt-lookup, plain, static:N, dynamic-raw:N, dynamic-cal:N, auto "
         "(default: %(default)s)",
     )
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="engine of our modes (a mode may name its own: plain@compiled, auto@eager); compiled builds once "
+        "(minutes), auto takes compiled where a build here measured it faster (default: %(default)s)",
+    )
     p.add_argument("--remeasure", action="store_true", help="measure the latency prior again (auto mode)")
+    p.add_argument(
+        "--peer-openvino",
+        default=None,
+        help="also run OpenVINO GenAI (plain and prompt lookup) on the same token ids: its exported model folder "
+        "(README, Peers); run by --peer-python in its own environment",
+    )
+    p.add_argument(
+        "--peer-python",
+        default=os.path.join("peers", "ov", "bin", "python"),
+        help="the peer environment's Python (default: %(default)s)",
+    )
     p.add_argument(
         "--corrupt-profile",
         choices=["slow-trees", "slow-plain"],
@@ -131,45 +150,66 @@ def corrupt(profile, how: str | None):
     return profile
 
 
-def build_modes(args, model, heads, cal, cheap, prefix: str = "", baselines: bool = True) -> dict[str, tuple]:
-    """mode name -> (heads or None, DecodeConfig); baselines map to (None, their name)."""
+def build_modes(
+    args, model, heads, cal, cheap, prefix: str = "", baselines: bool = True, engines=None
+) -> dict[str, tuple]:
+    """mode name -> (heads or None, DecodeConfig, engine); baselines map to (None, their name, None).
+    ``engines``: engine name -> engine (a mode ``NAME@ENGINE`` runs on that engine, others on --engine's)."""
     modes = {}
     common = dict(max_new_tokens=args.max_new_tokens, top_m=args.top_m)
+    engines = engines or {}
     for spec in args.modes:
-        name, _, n = spec.partition(":")
-        n = int(n) if n else 16
-        if name in BASELINES or name == "plain":
-            if baselines:
-                cfg = DecodeConfig(tree="none", max_new_tokens=args.max_new_tokens)
-                modes[spec] = (None, name if name in BASELINES else cfg)
-            continue
-        spec = prefix + spec
-        if name == "static":
-            if cal is not None and cal.rank_accuracy:
-                choices = sparse_tree_from_accuracies(cal.rank_accuracy, n)
-            else:
-                choices = [c for c in DEFAULT_CHOICES if len(c) <= heads.num_heads]
-                spec = prefix + "static:medusa-default"
-            modes[spec] = (heads, DecodeConfig(tree="static", medusa_choices=choices, **common))
-        elif name == "dynamic-raw":
-            modes[spec] = (heads, DecodeConfig(tree="dynamic", node_budget=n, **common))
-        elif name == "dynamic-cal":
-            if cal is None:
-                raise SystemExit(
-                    "error: dynamic-cal needs calibration.json beside the heads (python -m train.calibrate)"
-                )
-            modes[spec] = (heads, DecodeConfig(tree="dynamic", node_budget=n, calibration=cal, **common))
-        elif name == "auto":
-            h, c = cheap if cheap is not None else (heads, cal)
-            sizes = [t for t in DEFAULT_SIZES if t <= args.max_nodes + 1]
-            latency = load_or_measure(model, h, model.device, sizes=sizes, force=args.remeasure)
-            latency = corrupt(latency, args.corrupt_profile)
-            cfg = DecodeConfig(
-                tree="dynamic", node_budget=args.max_nodes, calibration=c, latency=latency, **common
-            )
-            modes[spec] = (h, cfg)
+        base_spec, _, engine_name = spec.partition("@")
+        engine = engines.get(engine_name or args.engine)
+        modes |= {
+            (f"{m}@{engine_name}" if engine_name else m): (*v, engine if not isinstance(v[1], str) else None)
+            for m, v in _build_mode(args, model, heads, cal, cheap, prefix, baselines, base_spec, common,
+                                    engine).items()
+        }  # fmt: skip
+    return modes
+
+
+def _build_mode(args, model, heads, cal, cheap, prefix, baselines, spec, common, engine) -> dict[str, tuple]:
+    """One --modes entry (without its @engine) -> {mode name: (heads or None, DecodeConfig or baseline name)}."""
+    modes = {}
+    name, _, n = spec.partition(":")
+    n = int(n) if n else 16
+    if name in BASELINES or name == "plain":
+        if baselines:
+            cfg = DecodeConfig(tree="none", max_new_tokens=args.max_new_tokens)
+            modes[spec] = (None, name if name in BASELINES else cfg)
+        return modes
+    spec = prefix + spec
+    if name == "static":
+        if cal is not None and cal.rank_accuracy:
+            choices = sparse_tree_from_accuracies(cal.rank_accuracy, n)
         else:
-            raise SystemExit(f"error: unknown mode {spec!r}")
+            choices = [c for c in DEFAULT_CHOICES if len(c) <= heads.num_heads]
+            spec = prefix + "static:medusa-default"
+        modes[spec] = (heads, DecodeConfig(tree="static", medusa_choices=choices, **common))
+    elif name == "dynamic-raw":
+        modes[spec] = (heads, DecodeConfig(tree="dynamic", node_budget=n, **common))
+    elif name == "dynamic-cal":
+        if cal is None:
+            raise SystemExit(
+                "error: dynamic-cal needs calibration.json beside the heads (python -m train.calibrate)"
+            )
+        modes[spec] = (heads, DecodeConfig(tree="dynamic", node_budget=n, calibration=cal, **common))
+    elif name == "auto":
+        h, c = cheap if cheap is not None else (heads, cal)
+        sizes = [t for t in DEFAULT_SIZES if t <= args.max_nodes + 1]
+        if engine is not None and engine.buckets is not None:
+            sizes = [t for t in sizes if t <= engine.buckets[-1]]
+        latency = load_or_measure(
+            model, h, model.device, sizes=sizes, force=args.remeasure, verbose=True, engine=engine
+        )
+        latency = corrupt(latency, args.corrupt_profile)
+        cfg = DecodeConfig(
+            tree="dynamic", node_budget=args.max_nodes, calibration=c, latency=latency, **common
+        )
+        modes[spec] = (h, cfg)
+    else:
+        raise SystemExit(f"error: unknown mode {spec!r}")
     return modes
 
 
@@ -203,6 +243,44 @@ class Totals:
             "identical": f"{self.identical}/{self.runs}",
             "accept_hist": dict(sorted(self.hist.items())),
         }
+
+
+PEERS = ("ov-genai", "ov-genai-prompt-lookup")
+
+
+def run_peers(args, prompts: list[torch.Tensor]) -> dict[str, list[DecodeResult]]:
+    """OpenVINO GenAI, plain and with prompt lookup, on the prompts' token ids, in its own Python -> one
+    DecodeResult per prompt and mode (tokens and times; no steps)."""
+    import subprocess
+    import tempfile
+
+    if not os.path.exists(args.peer_python):
+        raise PipelineError(
+            f"--peer-python {args.peer_python} not found (README, Peers: install it in its own venv)"
+        )
+    if not os.path.isdir(args.peer_openvino):
+        raise PipelineError(f"--peer-openvino {args.peer_openvino} is not an exported OpenVINO model folder")
+    script = os.path.join(ROOT, "bench", "peer_openvino.py")
+    out = {}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump([p[0].tolist() for p in prompts], f)
+    try:
+        for mode in PEERS:
+            cmd = [args.peer_python, script, "--model", args.peer_openvino, "--ids", f.name]
+            cmd += ["--max-new-tokens", str(args.max_new_tokens), "--threads", str(torch.get_num_threads())]
+            cmd += ["--prompt-lookup"] if mode.endswith("prompt-lookup") else []
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                raise PipelineError(f"{mode} failed: {proc.stderr.strip()[-500:]}")
+            lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+            print(f"# {mode}: {json.dumps(lines[0])}", flush=True)
+            out[mode] = [
+                DecodeResult(tokens=r["tokens"], time_total=r["time_total"], time_prefill=r["time_prefill"])
+                for r in lines[1:]
+            ]
+    finally:
+        os.unlink(f.name)
+    return out
 
 
 def print_table(dtype: str, label: str, rows: dict) -> None:
@@ -299,24 +377,37 @@ def _bench(args, out) -> int:
         model, tokenizer = load_base_model(args.model, dtype)
         dtype = str(model.dtype).replace("torch.", "") + (" (auto)" if dtype == "auto" else "")
         eos = stop_ids(model, tokenizer)
+        engines = {}
+        for name in {args.engine} | {m.partition("@")[2] for m in args.modes if "@" in m}:
+            engines[name], reason = make_engine(model, name)
+            print(f"# engine {name} -> {reason}", flush=True)
         modes = {}
         for j, (lb, path) in enumerate(specs):
             heads, cal = heads_and_calibration(path, model)
             cheap = heads_and_calibration(args.cheap_heads, model) if args.cheap_heads else None
             modes |= build_modes(
-                args, model, heads, cal, cheap, prefix=f"{lb}/" if lb else "", baselines=j == 0
+                args,
+                model,
+                heads,
+                cal,
+                cheap,
+                prefix=f"{lb}/" if lb else "",
+                baselines=j == 0,
+                engines=engines,
             )
-        totals = {m: Totals() for m in modes}
-        for i, turns in enumerate(convs):
-            ids = encode(
-                tokenizer, [{"role": "user", "content": turns[0]}], tokenizer.chat_template is not None
-            )
-            results = {}
-            for m, (h, c) in modes.items():
+        prompts = [
+            encode(tokenizer, [{"role": "user", "content": t[0]}], tokenizer.chat_template is not None)
+            for t in convs
+        ]
+        peers = run_peers(args, prompts) if args.peer_openvino else {}
+        totals = {m: Totals() for m in [*modes, *peers]}
+        for i, ids in enumerate(prompts):
+            results = {m: r[i] for m, r in peers.items()}
+            for m, (h, c, engine) in modes.items():
                 if isinstance(c, str):
                     results[m] = run_baseline(c, model, ids, args.max_new_tokens, eos)
                 else:
-                    results[m] = generate(model, ids, h, c, eos=eos)
+                    results[m] = generate(model, ids, h, c, eos=eos, engine=engine)
             if i < args.warmup:
                 continue
             ref = results.get("plain")

@@ -226,12 +226,16 @@ def _key_file(key: dict, cache_dir: str) -> str:
 
 @torch.no_grad()
 def measure_latency(
-    model, sizes=DEFAULT_SIZES, prefix_len: int = 256, reps: int = 3, batch: int = 1
+    model, sizes=DEFAULT_SIZES, prefix_len: int = 256, reps: int = 3, batch: int = 1, engine=None
 ) -> LatencyProfile:
     """Time one verify step (tree forward + output projection) per tree size, for ``batch`` rows each verifying a
     tree of that size: the sizes interleaved within each repetition (a burst of load hits all sizes alike), the
-    median of ``reps`` after a warm-up round."""
+    median of ``reps`` after a warm-up round. ``engine`` (batch 1): time that engine's steps (a compiled engine's
+    real costs: a tree padded to its bucket costs the bucket)."""
     from transformers import DynamicCache
+
+    if engine is not None and engine.name != "eager":
+        return _measure_engine_latency(engine, sizes, prefix_len, reps)
 
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -270,6 +274,34 @@ def measure_latency(
     )
 
 
+def _measure_engine_latency(engine, sizes, prefix_len: int, reps: int) -> LatencyProfile:
+    device = next(engine.model.parameters()).device
+    vocab = engine.lm_head.weight.shape[0]
+    g = torch.Generator().manual_seed(0)
+    engine.prefill(torch.randint(0, vocab, (1, prefix_len), generator=g).to(device), prefix_len + max(sizes))
+    logp = torch.randn(4, 8, generator=g).log_softmax(-1).sort(descending=True).values
+    steps = []
+    for T in sizes:
+        buf = tree_buffers(dynamic_tree(logp, T - 1))
+        ids = torch.randint(0, vocab, (buf.tree_mask.shape[0],), generator=g).to(device)
+        steps.append((ids, buf.position_offsets.to(device), buf.tree_mask.to(device)))
+    runs = [[] for _ in sizes]
+    for rep in range(reps + 1):  # round 0 warms up
+        for i, (ids, offsets, tree_mask) in enumerate(steps):
+            t0 = time.perf_counter()
+            _, logits = engine.step(ids, offsets, tree_mask) if ids.numel() > 1 else engine.step(ids)
+            logits.argmax(-1).tolist()
+            if rep:
+                runs[i].append(time.perf_counter() - t0)
+            engine.rewind(prefix_len)
+    return LatencyProfile(
+        sizes=torch.tensor(list(sizes), dtype=torch.long),
+        seconds=torch.tensor([statistics.median(r) for r in runs], dtype=torch.float64),
+        heads_seconds=0.0,
+        key={},
+    )
+
+
 @torch.no_grad()
 def measure_overhead(model, heads, reps: int = 5, num_nodes: int = 16) -> float:
     """Seconds to draft one tree: the heads on one hidden state + building a dynamic tree of ``num_nodes``."""
@@ -300,11 +332,14 @@ def load_or_measure(
     force: bool = False,
     verbose: bool = True,
     batch: int = 1,
+    engine=None,
 ) -> LatencyProfile:
-    """The cached prior for this (model, dtype, device, threads, batch size), measured (and checked) when there is
-    none, or when ``force`` (``--remeasure``) or the cached one fails the monotonicity check; the heads' cost timed
-    now."""
+    """The cached prior for this (model, dtype, device, threads, batch size, engine), measured (and checked) when
+    there is none, or when ``force`` (``--remeasure``) or the cached one fails the monotonicity check; the heads'
+    cost timed now."""
     key = profile_key(model, device) | ({"batch": batch} if batch > 1 else {})
+    if engine is not None and engine.name != "eager":
+        key |= {"engine": engine.name, "buckets": list(engine.buckets)}
     cache_dir = cache_dir or os.path.join(cache_root(), "latency")
     path = _key_file(key, cache_dir)
     prof = None
@@ -318,12 +353,14 @@ def load_or_measure(
                 print(f"the cached latency profile {path} is not monotone: measuring again", flush=True)
             prof = None
     if prof is None:
-        prof = _measure_checked(model, sizes, path, key, verbose, batch)
+        prof = _measure_checked(model, sizes, path, key, verbose, batch, engine)
     prof.heads_seconds = measure_overhead(model, heads) if heads is not None else 0.0
     return prof
 
 
-def _measure_checked(model, sizes, path: str, key: dict, verbose: bool, batch: int = 1) -> LatencyProfile:
+def _measure_checked(
+    model, sizes, path: str, key: dict, verbose: bool, batch: int = 1, engine=None
+) -> LatencyProfile:
     if verbose:
         rows = f" x {batch} rows" if batch > 1 else ""
         print(
@@ -331,7 +368,7 @@ def _measure_checked(model, sizes, path: str, key: dict, verbose: bool, batch: i
             f"(once; about as long as decoding ~{len(sizes) * 6 * batch} tokens; cached in {path}) ...",
             flush=True,
         )
-    prof = measure_latency(model, sizes, batch=batch)
+    prof = measure_latency(model, sizes, batch=batch, engine=engine)
     bad = non_monotone(prof.sizes, prof.seconds)
     if bad is not None:
         if verbose:
@@ -339,7 +376,7 @@ def _measure_checked(model, sizes, path: str, key: dict, verbose: bool, batch: i
                 f"  {bad[1]} tokens measured faster than {bad[0]}: a busy machine? measuring again",
                 flush=True,
             )
-        prof = measure_latency(model, sizes, reps=5, batch=batch)
+        prof = measure_latency(model, sizes, reps=5, batch=batch, engine=engine)
         bad = non_monotone(prof.sizes, prof.seconds)
     prof.key = key
     if bad is not None:  # still inconsistent: use a monotone envelope, let decoding correct it, cache nothing

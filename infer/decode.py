@@ -16,15 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backbone import (
-    check_window,
-    compact_kv,
-    decoder_and_head,
-    forward_hidden,
-    project,
-    stop_ids,
-    tree_attention_mask,
-)
+from .backbone import check_window, stop_ids
 from .tree import (
     Tree,
     conditional_static_tree,
@@ -114,6 +106,15 @@ def typical_ok(probs: torch.Tensor, cfg: DecodeConfig) -> torch.Tensor:
     )
 
 
+MIN_TEMPERATURE = (
+    1e-4  # below it logits / T overflows to inf (softmax NaN); the distribution is one-hot anyway
+)
+
+
+def _temperature(cfg) -> float:
+    return max(cfg.temperature, MIN_TEMPERATURE)
+
+
 def sample_from(probs: torch.Tensor, generator=None) -> int:
     return int(torch.multinomial(probs, 1, generator=generator))
 
@@ -131,7 +132,7 @@ def accept_deterministic(
         pred = logits.argmax(-1)  # [T]
         correct = tokens == pred[tree.parents]
     else:
-        probs = torch.softmax(logits / cfg.temperature, -1)
+        probs = torch.softmax(logits / _temperature(cfg), -1)
         ok = typical_ok(probs, cfg)  # [T, V]
         correct = ok[tree.parents, tokens]
     correct[0] = True
@@ -152,13 +153,14 @@ def accept_sample(tree: Tree, tokens: torch.Tensor, logits: torch.Tensor, cfg, g
     r(x) is zeroed and r renormalised. If no child is accepted, the next token is drawn from r. The output is
     distributed exactly as p at every position. Walks only the accepted path: at most depth x m checks.
     """
-    probs = torch.softmax(logits / cfg.temperature, -1)  # [T, V]
+    probs = torch.softmax(logits / _temperature(cfg), -1)  # [T, V]
     parents, toks = tree.parents.tolist(), tokens.tolist()
     children: dict[int, list[int]] = {}
     for i in range(1, len(parents)):
         children.setdefault(parents[i], []).append(i)
     cur, path = 0, [0]
-    uniforms = torch.rand(len(parents), generator=gen).tolist()
+    device = gen.device if gen is not None else probs.device  # a generator draws on its own device
+    uniforms = torch.rand(len(parents), generator=gen, device=device).tolist()
     while True:
         residual = probs[cur].clone()
         for c in children.get(cur, []):
@@ -293,19 +295,22 @@ def generate(
     eos: set[int] | None = None,
     on_tokens: Callable[[list[int]], None] | None = None,
     generator: torch.Generator | None = None,
+    engine=None,
 ) -> DecodeResult:
     """Decode from ``input_ids`` [1, L]. With ``cfg.tree == "none"`` (or no heads) it is plain decoding with the
-    same machinery, the fair baseline. ``on_tokens`` receives the tokens of each step (for streaming)."""
-    from transformers import DynamicCache
+    same machinery, the fair baseline. ``on_tokens`` receives the tokens of each step (for streaming). ``engine``
+    (:mod:`infer.engine`) runs the model's steps; None: the eager engine."""
+    from .engine import EagerEngine
 
     cfg = cfg or DecodeConfig()
+    engine = engine if engine is not None else EagerEngine(model)
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"input_ids must be [1, L] (batch size 1), got {tuple(input_ids.shape)}")
     if input_ids.shape[1] == 0:
         raise ValueError("empty prompt")
     eos = stop_ids(model) if eos is None else eos
     device = input_ids.device
-    decoder, lm_head = decoder_and_head(model)
+    lm_head = model.get_output_embeddings()
     plain = cfg.tree == "none" or heads is None
     static = None
     if not plain and cfg.tree == "static":
@@ -322,26 +327,34 @@ def generate(
         not plain and static is None and cfg.latency is not None
     )  # per-step budget from the latency profile
     result = DecodeResult(tokens=[])
-    dtype = next(model.parameters()).dtype
     t_start = _now(device)
 
     # Prefill: logits only at the last position; the heads on its hidden state.
     L = input_ids.shape[1]
-    check_window(model, L + cfg.max_new_tokens + tree_room(cfg, heads))
-    cache = DynamicCache()  # plain full-attention layers: the tree mask decides what each token sees
-    hidden = forward_hidden(decoder, input_ids, cache, torch.arange(L, device=device)[None])[0, -1]  # [H]
-    logits = project(model, lm_head, hidden)  # [V]
+    room = tree_room(cfg, heads)
+    max_tree = (
+        engine.buckets[-1] if engine.buckets is not None else None
+    )  # a fixed-shape engine's largest step
+    if max_tree is not None and room > 1:  # trees are cut to its largest step and padded to its buckets
+        if static is not None and static.size > max_tree:
+            raise ValueError(
+                f"the static tree has {static.size} nodes but the {engine.name} engine's largest step is "
+                f"{max_tree}: use a smaller tree or the eager engine"
+            )
+        room = engine.bucket(min(room, max_tree))
+    check_window(model, L + cfg.max_new_tokens + room)
+    hidden, logits = engine.prefill(input_ids, L + cfg.max_new_tokens + room)  # [H], [V]
     root = _pick(logits, cfg, generator)
     result.time_prefill = _now(device) - t_start
     done = _emit(result, [root], eos, cfg, on_tokens, step=False)  # the prefill's token is not a decode step
 
     while not done:
-        prefix = cache.get_seq_length()
         if plain or (auto and not cfg.latency.want_draft()):  # plain step (auto: while trees do not pay)
             t0 = _now(device)
-            ids = torch.tensor([[root]], device=device)
-            hidden = forward_hidden(decoder, ids, cache, torch.tensor([[prefix]], device=device))[0, -1]
-            root = _pick(project(model, lm_head, hidden), cfg, generator)
+            hiddens, logits = engine.step(torch.tensor([root], device=device))
+            engine.accept()
+            hidden = hiddens[0]
+            root = _pick(logits[0], cfg, generator)
             result.time_verify += _now(device) - t0
             if not plain:
                 cfg.latency.observe(1, _now(device) - t0)
@@ -362,23 +375,22 @@ def generate(
             if auto:  # auto budget: the n best paths with the best tokens/s
                 n = cfg.latency.best_budget(tree.score[1:].sort(descending=True).values)
                 tree = top_nodes(tree, n)
+            if max_tree is not None and tree.size > max_tree:
+                tree = top_nodes(tree, max_tree - 1)
             buffers = static_buffers if static is not None else tree_buffers(tree)
         if cfg.keep_hidden:
             result.roots.append(len(result.tokens) - 1)
             result.hiddens.append(hidden.detach().float().cpu())
         tokens = tree_tokens(tree, root_t, top_tokens)  # [T]
-        mask4d = tree_attention_mask(buffers.tree_mask, prefix, dtype)
-        positions = (buffers.position_offsets + prefix)[None]
         result.predicted.append(expected_tokens(tree, buffers.tree_mask, top_logp))
         result.tree_sizes.append(tree.size)
         t2 = _now(device)
-        hiddens = forward_hidden(decoder, tokens[None], cache, positions, mask4d)[0]  # [T, H]
-        logits = project(model, lm_head, hiddens)  # [T, V]
+        hiddens, logits = engine.step(tokens, buffers.position_offsets, buffers.tree_mask)  # [T, H], [T, V]
         if cfg.acceptance == "sample":
             path, root = accept_sample(tree, tokens, logits, cfg, generator)
         else:
             path, root = accept_deterministic(tree, buffers.tree_mask, tokens, logits, cfg, generator)
-        compact_kv(cache, prefix, path)
+        engine.accept(path)
         hidden = hiddens[path[-1]]
         t3 = _now(device)
         result.time_heads += t1 - t0
@@ -410,7 +422,7 @@ def _pick(logits: torch.Tensor, cfg: DecodeConfig, generator) -> int:
     """The next token from [V] logits: argmax, or a draw at the temperature (typical-truncated for typical)."""
     if is_greedy(cfg):
         return int(logits.argmax())
-    probs = torch.softmax(logits / cfg.temperature, -1)
+    probs = torch.softmax(logits / _temperature(cfg), -1)
     if cfg.acceptance == "typical":
         probs = probs * typical_ok(probs[None], cfg)[0]
         probs = probs / probs.sum()

@@ -17,6 +17,7 @@ import torch
 from .base import DEFAULT_MODEL, BaseModelError
 from .calibration import CalibrationError
 from .decode import ACCEPTANCE, TREES, DecodeConfig, DecodeResult
+from .engine import ENGINES
 from .heads import HeadsError
 from .pipeline import PipelineError, load_pipeline, read_prompts, result_summary
 
@@ -99,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--remeasure", action="store_true", help="measure the auto budget's verify-latency prior again"
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="who runs the model's steps: compiled (preallocated cache, fixed-shape steps compiled ahead of time: "
+        "minutes the first time, cached), eager (transformers as is), or auto: compiled where a build here "
+        "measured it faster, else eager",
+    )
     p.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
     p.add_argument("--system", default=None, help="system message for the chat template")
     p.add_argument(
@@ -198,6 +207,7 @@ def run(args) -> int:
         max_nodes=args.max_nodes,
         remeasure=args.remeasure,
         verbose=not args.json,
+        engine=args.engine,
     )
     model, tokenizer, heads = pipe.model, pipe.tokenizer, pipe.heads
     if args.prompt is not None:
@@ -214,7 +224,7 @@ def run(args) -> int:
         out = pipe.generate(ids, cfg, on_tokens=streamer, generator=generator)
         if streamer.enabled:
             print()
-        record = {**(where or {}), "prompt_tokens": ids.shape[1]}
+        record = {**(where or {}), "prompt_tokens": ids.shape[1], "engine": pipe.engine.name}
         record |= result_summary(out, "medusa" if heads is not None else "plain")
         if args.compare and heads is not None:
             from .baselines import run_baseline

@@ -91,12 +91,24 @@ def choose_dtype(
             return getattr(torch, saved["dtype"]), saved["reason"] + " (cached)"
     if verbose:
         print("dtype auto: timing float32 and bfloat16 steps on this CPU (~10 s, once) ...", flush=True)
-    from .budget import measure_latency  # the verify-step timer: interleaved repetitions, median
+    from .budget import (
+        measure_latency,
+        non_monotone,
+    )  # the step timer (interleaved, median); its sanity check
 
     half = copy.deepcopy(model).to(torch.bfloat16)
     medians = {}
-    for name, m in (("float32", model), ("bfloat16", half)):
-        medians[name] = measure_latency(m, STEP_SIZES, prefix_len=128, reps=5).seconds.tolist()
+    for attempt in range(2):  # a 17-token step faster than a 1-token one means a busy machine: measure again
+        for name, m in (("float32", model), ("bfloat16", half)):
+            medians[name] = measure_latency(m, STEP_SIZES, prefix_len=128, reps=5).seconds.tolist()
+        consistent = all(non_monotone(STEP_SIZES, torch.tensor(v)) is None for v in medians.values())
+        if consistent:
+            break
+        if verbose and not attempt:
+            print(
+                "dtype auto: a 17-token step timed faster than a 1-token one (a busy machine?): again",
+                flush=True,
+            )
     del half
     best = min(medians, key=lambda n: _cost(purpose, *medians[n]))
     ms = lambda n: "/".join(f"{1000 * s:.0f}" for s in medians[n])  # noqa: E731
@@ -104,6 +116,8 @@ def choose_dtype(
         f"{best} for {purpose}: 1-token/17-token step {ms('bfloat16')} ms in bfloat16 vs {ms('float32')} ms in "
         f"float32 (CPU {' '.join(key['cpu'])})"
     )
+    if not consistent:  # used for this run only: a choice measured under load is never cached
+        return getattr(torch, best), reason + " (inconsistent timings: not cached)"
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump({"key": key, "dtype": best, "reason": reason, "ms": medians}, f)

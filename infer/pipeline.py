@@ -116,6 +116,8 @@ class Pipeline:
     config: DecodeConfig  # the default decoding settings (calibration and latency profile attached)
     device: str = "cpu"
     name: str = DEFAULT_MODEL  # the base model's id, as asked
+    engine: object = None  # infer.engine: who runs the model's steps (None: eager)
+    engine_reason: str = "eager"  # why that engine, in one line
 
     @property
     def eos(self) -> set[int]:
@@ -138,8 +140,9 @@ class Pipeline:
         heads = None if cfg.tree == "none" else self.heads
         check_context(self.model, input_ids.shape[1], cfg.max_new_tokens, tree_room(cfg, heads))
         return generate(
-            self.model, input_ids, heads, cfg, eos=self.eos, on_tokens=on_tokens, generator=generator
-        )
+            self.model, input_ids, heads, cfg, eos=self.eos, on_tokens=on_tokens, generator=generator,
+            engine=self.engine,
+        )  # fmt: skip
 
 
 def check_device(device: str) -> None:
@@ -195,18 +198,24 @@ def load_pipeline(
     max_nodes: int = 32,
     remeasure: bool = False,
     verbose: bool = True,
+    engine: str = "auto",
 ) -> Pipeline:
     """Base model + heads (+ calibration, + the latency profile of the auto node budget) -> Pipeline.
 
     ``model`` None: the embedded default; ``heads`` None: its shipped heads (``config.tree == "none"``: no heads).
     ``auto_budget``: dynamic trees pick their node count each step (<= max_nodes) from measured latency.
+    ``engine``: ``auto`` (compiled where a build here measured it faster), ``compiled`` or ``eager`` (:mod:`.engine`).
     """
+    from .engine import make_engine
     from .tree import sparse_tree_from_accuracies
 
     check_device(device)
     name = model or DEFAULT_MODEL
     cfg = config or DecodeConfig(node_budget=max_nodes)
     base, tokenizer = load_base_model(model, dtype, revision, trust_remote_code, device, verbose=verbose)
+    step_engine, reason = make_engine(base, engine, verbose=verbose)
+    if verbose:
+        print(f"engine {engine} -> {reason}", flush=True)
     loaded = None
     if cfg.tree != "none":
         loaded = load_heads(heads, base, heads_revision, name)
@@ -219,9 +228,14 @@ def load_pipeline(
         if cfg.tree == "dynamic" and auto_budget:
             from .budget import DEFAULT_SIZES, load_or_measure
 
-            sizes = [t for t in DEFAULT_SIZES if t <= max_nodes + 1]
-            cfg.latency = load_or_measure(base, loaded, device, sizes=sizes, force=remeasure, verbose=verbose)
-    return Pipeline(base, tokenizer, loaded, cfg, device, name)
+            top = (
+                max_nodes + 1 if step_engine.buckets is None else min(max_nodes + 1, step_engine.buckets[-1])
+            )
+            sizes = [t for t in DEFAULT_SIZES if t <= top]
+            cfg.latency = load_or_measure(
+                base, loaded, device, sizes=sizes, force=remeasure, verbose=verbose, engine=step_engine
+            )
+    return Pipeline(base, tokenizer, loaded, cfg, device, name, step_engine, reason)
 
 
 def result_summary(r: DecodeResult, tag: str) -> dict:

@@ -63,6 +63,7 @@ class Job:
     finish_reason: str | None = None
     cancelled: bool = False
     row: object = None
+    error: str | None = None  # why this request failed (finish_reason "error")
 
     def push(self, new: list[int]) -> None:
         """Decode thread: a step's tokens -> a text delta event; a stop string ends the row there."""
@@ -96,6 +97,12 @@ class Job:
             if rest:  # held back (a partial character or a stop-string prefix): the generation is over now
                 self.text += rest
                 self._send(("delta", rest))
+        self._send(("done", None))
+
+    def fail(self, message: str) -> None:
+        """Decode thread: this request failed; it ends with an error, the other rows go on."""
+        if self.finish_reason in (None, "error"):
+            self.error, self.finish_reason = message, "error"
         self._send(("done", None))
 
     def _send(self, event) -> None:
@@ -143,29 +150,37 @@ class Engine:
             if job.cancelled:
                 job.finish()
                 continue
-            row = self.decoder.add(job.ids, job.cfg, on_tokens=job.push, generator=job.generator, tag=job)
+            try:  # a request that cannot be prefilled fails alone
+                row = self.decoder.add(job.ids, job.cfg, on_tokens=job.push, generator=job.generator, tag=job)
+            except Exception as e:  # noqa: BLE001 - reported to its client, the batch is untouched
+                job.fail(f"{type(e).__name__}: {e}")
+                continue
             job.row = row
             if row.done:
                 job.finish()
 
     def _run(self) -> None:
         while not self.stopped:
+            inflight = []
             try:
                 self._admit()
                 if not self.decoder.rows:
                     self.wake.wait(0.5)
                     self.wake.clear()
                     continue
-                for row in self.decoder.rows:
+                inflight = list(self.decoder.rows)
+                for row in inflight:
                     if row.tag.cancelled:
                         self.decoder.cancel(row)
                 for row in self.decoder.step():
                     row.tag.finish()
-            except Exception as e:  # keep serving: fail the rows in flight, report it
+            except Exception as e:  # keep serving: a failed step ends the rows it held, each with a reply
                 self.error = f"{type(e).__name__}: {e}"
-                for row in self.decoder.rows:
-                    row.tag.finish_reason = "error"
-                    row.tag.finish()
+                for row in inflight:  # rows that had already stopped (a stop string) still finish normally
+                    if row.tag.finish_reason is None:
+                        row.tag.fail(self.error)
+                    else:
+                        row.tag.finish()
                 self.decoder = BatchDecoder(
                     self.pipe.model, self.decoder.heads, self.decoder.cfg, self.pipe.eos, self.decoder.latency
                 )
@@ -356,7 +371,7 @@ def build_app(pipe: Pipeline, served: str | None = None, trees: bool = True, max
                 job.cancelled = True
                 raise
             if job.finish_reason == "error":
-                return error(RequestError(f"decoding failed: {engine.error}", status=500))
+                return error(RequestError(f"decoding failed: {job.error}", status=500))
             reply = {"id": rid, "object": kind, "created": created, "model": served}
             return reply | {"choices": [choice(job.text, True, False)]} | stats()
 
@@ -371,6 +386,10 @@ def build_app(pipe: Pipeline, served: str | None = None, trees: bool = True, max
                     if kind_ == "done":
                         break
                     yield f"data: {json.dumps(head | {'choices': [choice(delta, False, True)]})}\n\n"
+                if job.finish_reason == "error":  # OpenAI's shape for an error mid-stream
+                    body = RequestError(f"decoding failed: {job.error}", status=500).body()
+                    yield f"data: {json.dumps(body)}\n\n"
+                    return
                 last = (
                     head
                     | {"choices": [choice(None if chat else "", True, True)]}

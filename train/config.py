@@ -32,6 +32,15 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def _short(value) -> str:
+    """A value's repr cut short: a YAML alias bomb is a few hundred bytes that expand to gigabytes when printed."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 80, 80
+    return r.repr(value)
+
+
 class RecipeError(ValueError):
     """A recipe or override that does not fit the schema: unknown key, wrong type or bad value."""
 
@@ -237,7 +246,7 @@ class Recipe:
 
 def _choice(name: str, value: str, choices: tuple) -> None:
     if value not in choices:
-        raise RecipeError(f"{name} must be one of {list(choices)}, got {value!r}")
+        raise RecipeError(f"{name} must be one of {list(choices)}, got {_short(value)}")
 
 
 # ---------------------------------------------------------------------- strict typing
@@ -250,7 +259,7 @@ def _fields(cls) -> dict[str, Any]:
 def _build(cls, raw: Any, where: str):
     if not isinstance(raw, dict):
         raise RecipeError(
-            f"{where.rstrip('.') or 'recipe'}: expected a mapping, got {type(raw).__name__} {raw!r}"
+            f"{where.rstrip('.') or 'recipe'}: expected a mapping, got {type(raw).__name__} {_short(raw)}"
         )
     types_ = _fields(cls)
     unknown = [k for k in raw if k not in types_]
@@ -275,7 +284,7 @@ def _check(value: Any, tp: Any, where: str) -> Any:
         return _build(tp, value, where + ".")
     if origin is list:
         if not isinstance(value, list):
-            raise RecipeError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+            raise RecipeError(f"{where}: expected a list, got {type(value).__name__} {_short(value)}")
         (item,) = typing.get_args(tp)
         return [_check(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
@@ -297,7 +306,7 @@ def _check(value: Any, tp: Any, where: str) -> Any:
             return value
     else:  # pragma: no cover - a schema bug, not a user error
         raise TypeError(f"{where}: unsupported annotation {tp!r}")
-    raise RecipeError(f"{where}: expected {_name(tp)}, got {type(value).__name__} {value!r}")
+    raise RecipeError(f"{where}: expected {_name(tp)}, got {type(value).__name__} {_short(value)}")
 
 
 def _name(tp: Any) -> str:

@@ -213,6 +213,13 @@ def test_clear_errors(tmp_path, prompts_file, model):
         read_records(prompts_file, split="calib")
     with pytest.raises(DistillError, match="duplicate id"):
         read_records(write_jsonl(tmp_path / "dup.jsonl", [{"id": "a", "turns": ["x"]}] * 2))
+    # a string is not a list of turns (it was read as one user turn per character), nor is a number
+    for bad in ("Hello", 5, ["ok", 3], [" "]):
+        path = write_jsonl(tmp_path / "bad.jsonl", [{"id": "b", "turns": bad}])
+        with pytest.raises(DistillError, match="record b: 'turns' must be a non-empty list of strings"):
+            read_records(path)
+    with pytest.raises(DistillError, match="record m: 'messages' must be a list"):
+        read_records(write_jsonl(tmp_path / "badm.jsonl", [{"id": "m", "messages": "Hi"}]))
     records = read_records(prompts_file)
     with pytest.raises(DistillError, match="unknown backend"):
         distill(records, str(tmp_path / "o.jsonl"), backend="vllm", model=model[0], tokenizer=model[1])

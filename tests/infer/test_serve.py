@@ -235,3 +235,85 @@ def test_a_disconnected_client_frees_its_row(server, monkeypatch, stream):
             break
         time.sleep(0.05)
     assert left and left[0].cancelled and len(left[0].result.tokens) < 100
+
+
+def test_a_failing_request_ends_alone_and_every_other_row_is_answered(server, monkeypatch):
+    """A request whose prefill raises gets an OpenAI-shaped 500 while a streaming request decodes beside it (its
+    text equal to its solo answer); a tiny temperature (1e-40: logits / T overflowed to NaN) is served; a step
+    that raises ends every row it held with a reply, a row already stopped by a stop string included."""
+    client, engine = server["client"], server["engine"]
+    msg = [{"role": "user", "content": "Count to five."}]
+    solo = (
+        client.chat.completions.create(model=SERVED, messages=msg, max_tokens=24).choices[0].message.content
+    )
+    add = engine.decoder.add
+    bad_msg = [{"role": "user", "content": "Tree attention?"}]
+    bad_len = server["pipe"].encode(bad_msg).shape[1]
+
+    def add_or_fail(ids, *args, **kwargs):
+        if ids.shape[1] == bad_len:
+            raise RuntimeError("out of memory (injected)")
+        return add(ids, *args, **kwargs)
+
+    monkeypatch.setattr(engine.decoder, "add", add_or_fail)
+    texts = []
+
+    def good():
+        chunks = client.chat.completions.create(model=SERVED, messages=msg, max_tokens=24, stream=True)
+        texts.append("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+
+    thread = threading.Thread(target=good)
+    thread.start()
+    with pytest.raises(openai.InternalServerError) as e:
+        client.chat.completions.create(model=SERVED, messages=bad_msg, max_tokens=24)
+    assert "out of memory (injected)" in e.value.body["message"]
+    thread.join(timeout=60)
+    assert texts == [solo]
+    monkeypatch.setattr(engine.decoder, "add", add)
+    tiny = client.chat.completions.create(model=SERVED, messages=msg, max_tokens=8, temperature=1e-40, seed=1)
+    assert tiny.choices[0].finish_reason in ("length", "stop")
+
+    # the step right after a row stopped on a stop string raises (in the model's forward, after the stopped row
+    # left the batch): the stopped row still gets its answer, the other its error
+    import infer.batch
+
+    forward, cancel, state = (
+        infer.batch.forward_hidden,
+        engine.decoder.cancel,
+        {"stopped": False, "raised": 0},
+    )
+
+    def cancel_and_note(row):
+        state["stopped"] |= row.tag.finish_reason == "stop"
+        cancel(row)
+
+    def forward_or_fail(*args, **kwargs):
+        if state["stopped"] and not state["raised"]:
+            state["raised"] += 1
+            raise RuntimeError("step failed (injected)")
+        time.sleep(0.02)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine.decoder, "cancel", cancel_and_note)
+    monkeypatch.setattr(infer.batch, "forward_hidden", forward_or_fail)
+    replies = {}
+
+    def ask(name, **kw):
+        try:
+            r = client.chat.completions.create(model=SERVED, messages=msg, max_tokens=60, **kw)
+            replies[name] = (r.choices[0].finish_reason, r.choices[0].message.content)
+        except openai.InternalServerError as err:
+            replies[name] = err.body["message"]
+
+    threads = [threading.Thread(target=ask, args=("long",)), threading.Thread(target=ask, args=("stop",),
+               kwargs={"stop": [solo[4:8]]})]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), f"a client hangs: {replies}"
+    assert state["raised"] == 1, "the injected failure did not fire"
+    assert (
+        replies["stop"] == ("stop", solo[: solo.find(solo[4:8])])
+        and "step failed (injected)" in replies["long"]
+    )

@@ -174,3 +174,25 @@ def test_dry_run_checks_the_model_and_output_folders(tmp_path, capsys, monkeypat
             main(["recipes/smollm2-135m.yaml", override, "--dry-run"])
         assert words in capsys.readouterr().err, override
     assert main(["recipes/smollm2-135m.yaml", "--dry-run"]) is None  # the embedded default: installed
+
+
+def test_a_yaml_alias_bomb_fails_fast_with_a_short_message(tmp_path):
+    """A few hundred bytes of nested YAML aliases under a known key (9^9 leaves once expanded): the type error must
+    not print the expanded value (it ran to 2.7 GB and a MemoryError), in the recipe or a key=value override."""
+    levels = ["&a [" + ", ".join(["x"] * 9) + "]"]
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        levels.append(f"&{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    bomb = "[" + ", ".join(levels) + "]"
+    assert len(bomb) < 600
+    (tmp_path / "lr.yaml").write_text(f"train:\n  lr: {bomb}\n")
+    (tmp_path / "betas.yaml").write_text(f"train:\n  adam_betas: {bomb}\n")
+    (tmp_path / "section.yaml").write_text(f"train: {bomb}\n")
+    for name in ("lr.yaml", "betas.yaml", "section.yaml"):
+        with pytest.raises(RecipeError) as e:
+            load_recipe(str(tmp_path / name))
+        assert len(str(e.value)) < 600, name
+    (tmp_path / "ok.yaml").write_text("train:\n  lr: 1.0e-3\n")
+    for override in ("train.lr=" + bomb, "adam_betas=" + bomb):
+        with pytest.raises(RecipeError) as e:
+            load_recipe(str(tmp_path / "ok.yaml"), [override])
+        assert len(str(e.value)) < 2 * len(bomb)

@@ -1,0 +1,61 @@
+"""OpenVINO GenAI on the same token ids as our benchmark: run with the peer's own Python (its own venv, never the
+project's), called by ``python -m infer.bench --peer-openvino FOLDER``; prints one JSON line per prompt.
+
+    peers/ov/bin/python bench/peer_openvino.py --model peers/ov-fp16 --ids prompts.json --max-new-tokens 128 \\
+        [--prompt-lookup] [--threads 2]
+
+Install and export (see README, "Peers"):
+    python3 -m venv peers/ov && peers/ov/bin/pip install torch==2.13.0 openvino-genai "optimum-intel[openvino]"
+    peers/ov/bin/optimum-cli export openvino --model <SmolLM2 folder> --task text-generation-with-past \\
+        --weight-format fp16 peers/ov-fp16
+
+Greedy, EOS ignored (``ignore_eos``), exactly ``max_new_tokens`` tokens; prompt lookup: 4 candidate tokens from
+3-grams (the settings OpenVINO's own sample uses). Timing: OpenVINO's perf metrics (TTFT, TPOT), so decode tokens/s
+excludes the prompt, like ours.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True, help="an OpenVINO IR folder exported by optimum-cli")
+    p.add_argument("--ids", required=True, help="JSON: a list of prompts, each a list of token ids")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--prompt-lookup", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    import numpy as np
+    import openvino as ov
+    import openvino_genai as og
+
+    with open(args.ids) as f:
+        prompts = json.load(f)
+    opts = {"INFERENCE_NUM_THREADS": args.threads}
+    if args.prompt_lookup:
+        opts["prompt_lookup"] = True
+    pipe = og.LLMPipeline(args.model, "CPU", **opts)
+    cfg = og.GenerationConfig()
+    cfg.max_new_tokens, cfg.min_new_tokens = args.max_new_tokens, args.max_new_tokens
+    cfg.do_sample, cfg.ignore_eos = False, True
+    if args.prompt_lookup:
+        cfg.num_assistant_tokens, cfg.max_ngram_size = 4, 3
+    print(json.dumps({"openvino_genai": og.__version__, "openvino": ov.__version__}), flush=True)
+    for ids in prompts:
+        t = ov.Tensor(np.array([ids], dtype=np.int64))
+        mask = ov.Tensor(np.ones((1, len(ids)), dtype=np.int64))
+        t0 = time.perf_counter()
+        out = pipe.generate(og.TokenizedInputs(t, mask), cfg)
+        wall = time.perf_counter() - t0
+        tokens = [int(x) for x in out.tokens[0]]
+        m = out.perf_metrics
+        ttft = m.get_ttft().mean / 1000.0
+        print(json.dumps({"tokens": tokens, "time_total": wall, "time_prefill": ttft}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

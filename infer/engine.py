@@ -1,0 +1,462 @@
+"""The engine: who owns the model's step. Decode loops ask it for three things — ``prefill`` a prompt, ``step`` a
+block of T tokens (a tree, or one token) against the cache, ``accept`` the path that survived — and never touch the
+cache themselves.
+
+- :class:`EagerEngine`: transformers' ``DynamicCache`` and any shape, as the model runs out of the box.
+- :class:`CompiledEngine`: a KV cache preallocated for the context it serves, and steps of a few fixed shapes
+  (``buckets``: a tree of T nodes is padded to the next bucket with dummy nodes that see only themselves), each
+  compiled once by inductor with the weights frozen and the matmul kernels picked by measurement (inductor's
+  autotuning between its C++ GEMM template and oneDNN; on this CPU the template's 1-token bf16 GEMV is ~2x oneDNN's).
+  The attention mask is built inside the compiled step from the cache length and the tree mask; the accepted path is
+  moved in place inside the preallocated buffers. Compiled code is cached on disk (inductor's cache under the
+  toolkit's cache folder), so only the first start pays the compilation.
+
+Both drive the unmodified ``AutoModelForCausalLM`` (4-D masks, explicit position ids): the model stays the source of
+truth for weights and architecture. ``make_engine("auto")`` picks compiled only where it was built and measured
+faster on this machine (:mod:`infer.engine_build`), else eager, and says why.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .backbone import (
+    compact_kv,
+    decoder_and_head,
+    forward_hidden,
+    project,
+    tree_attention_mask,
+    truncate_cache,
+)
+
+ENGINES = ("auto", "compiled", "eager")
+DEFAULT_BUCKETS = (1, 4)  # step shapes compiled: plain steps and trees of up to 3 nodes (README: why)
+CAPACITY_STEP = 256  # the cache is allocated in multiples of this many slots
+
+
+class EngineError(RuntimeError):
+    """A compiled engine that cannot be built or run here (the caller falls back to eager)."""
+
+
+class EagerEngine:
+    """transformers' DynamicCache, any step shape, no compilation: the reference."""
+
+    name = "eager"
+    buckets = None  # any size
+
+    def __init__(self, model):
+        self.model = model
+        self.decoder, self.lm_head = decoder_and_head(model)
+        self.dtype = next(model.parameters()).dtype
+        self.cache = None
+        self.length = 0  # cached tokens
+
+    def prefill(self, input_ids: torch.Tensor, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids [1, L] -> (last hidden state [H], its logits [V]); the cache holds the prompt."""
+        from transformers import DynamicCache
+
+        L = input_ids.shape[1]
+        self.cache = DynamicCache()
+        pos = torch.arange(L, device=input_ids.device)[None]
+        hidden = forward_hidden(self.decoder, input_ids, self.cache, pos)[0, -1]
+        self.length = L
+        return hidden, project(self.model, self.lm_head, hidden)
+
+    def step(self, tokens: torch.Tensor, offsets: torch.Tensor | None = None, tree_mask=None):
+        """tokens [T] placed after the cache at positions length + offsets [T] (None: a plain step, T = 1), seeing
+        the cache and their tree ancestors (tree_mask [T, T] bool) -> (hidden [T, H], logits [T, V])."""
+        device = tokens.device
+        if tree_mask is None:
+            pos = torch.tensor([[self.length]], device=device)
+            hidden = forward_hidden(self.decoder, tokens[None], self.cache, pos)[0]
+        else:
+            mask4d = tree_attention_mask(tree_mask, self.length, self.dtype)
+            hidden = forward_hidden(
+                self.decoder, tokens[None], self.cache, (offsets + self.length)[None], mask4d
+            )[0]
+        self.pending = tokens.numel()
+        return hidden, project(self.model, self.lm_head, hidden)
+
+    def accept(self, path: torch.Tensor | None = None) -> None:
+        """Keep the last step's positions ``path`` [A] (ascending, step-relative; None: all of a plain step)."""
+        if path is None:
+            self.length += self.pending
+            return
+        compact_kv(self.cache, self.length, path)
+        self.length += path.numel()
+
+    def rewind(self, length: int) -> None:
+        truncate_cache(self.cache, length)
+        self.length = length
+
+
+class _CacheWriter:
+    """What the model's attention layers see as their cache: ``update`` writes this step's entries into the
+    preallocated per-layer keys / values [1, kv_heads, S, D] at ``slots`` [T] and returns the first ``view`` slots."""
+
+    is_compileable = True
+
+    def __init__(self, keys, values, slots, view):
+        self.keys, self.values, self.slots, self.view = keys, values, slots, view
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        k, v = self.keys[layer_idx], self.values[layer_idx]
+        k.index_copy_(2, self.slots, key_states)
+        v.index_copy_(2, self.slots, value_states)
+        return k[:, :, : self.view], v[:, :, : self.view]
+
+    def get_seq_length(
+        self, layer_idx: int = 0
+    ) -> int:  # asked only when position ids are missing; never here
+        raise EngineError("the preallocated cache needs explicit position ids")
+
+
+class StepModule(nn.Module):
+    """The fixed-shape step, as a module to export and compile ahead of time:
+    (ids [1, Tb], pos [1, Tb], tree_mask [Tb, Tb] bool, start 0-d long, *kv: every layer's keys then every layer's
+    values [1, kv_heads, S, D]) -> (hidden [1, Tb, H], logits [1, Tb, V] fp32). The Tb entries are written into the
+    cache from slot ``start``; they see slots < start and their tree ancestors (the mask is built here, in the
+    compiled code); S (the cache length) stays dynamic, so one compiled step serves every context length."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, pos, tree_mask, start, *kv):
+        n = len(kv) // 2
+        Tb, S = ids.shape[1], kv[0].shape[2]
+        dtype = kv[0].dtype
+        slots = start + torch.arange(Tb, device=ids.device)
+        col = torch.arange(S, device=ids.device)[None, :]  # [1, S]
+        rel = col - start
+        in_tree = (rel >= 0) & (rel < Tb)
+        tree_vis = tree_mask.gather(1, rel.clamp(0, Tb - 1).expand(Tb, -1))  # [Tb, S]
+        visible = (col < start) | (in_tree & tree_vis)
+        mask = torch.zeros(1, 1, Tb, S, dtype=dtype, device=ids.device)
+        mask = mask.masked_fill(~visible[None, None], torch.finfo(dtype).min)
+        decoder, lm_head = decoder_and_head(self.model)
+        cache = _CacheWriter(kv[:n], kv[n:], slots, S)
+        hidden = decoder(input_ids=ids, cache=cache, position_ids=pos, attention_mask=mask, use_cache=True)
+        hidden = hidden.last_hidden_state
+        return hidden, project(self.model, lm_head, hidden)
+
+
+def cache_shape(model) -> tuple[int, int, int]:
+    """-> (layers, kv_heads, head_dim) of the model's attention cache."""
+    cfg = model.config
+    text = getattr(cfg, "get_text_config", lambda: cfg)()
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return text.num_hidden_layers, kv_heads, head_dim
+
+
+class CompiledEngine:
+    """A preallocated KV cache + one ahead-of-time compiled step per bucket (batch size 1). ``backend``:
+    ``aoti`` (torch.export + AOTInductor: frozen weights, autotuned matmuls, a package on disk that later starts
+    load in a second) or ``inductor`` (torch.compile in process, no freezing: quick to build, for tests)."""
+
+    name = "compiled"
+
+    def __init__(self, model, buckets=DEFAULT_BUCKETS, autotune: bool = True, backend: str = "aoti",
+                 folder: str | None = None, verbose: bool = False):  # fmt: skip
+        if getattr(model.config, "is_encoder_decoder", False):
+            raise EngineError("encoder-decoder models are not supported by the compiled engine")
+        if backend not in BACKENDS:
+            raise EngineError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.model = model
+        self.decoder, self.lm_head = decoder_and_head(model)
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.buckets = tuple(sorted({int(b) for b in buckets}))
+        if not self.buckets or self.buckets[0] != 1:
+            raise EngineError(f"buckets must include 1 (plain steps), got {buckets}")
+        self.autotune, self.backend, self.verbose = autotune, backend, verbose
+        self.folder = folder or package_folder(model, autotune)
+        self.layers, self.kv_heads, self.head_dim = cache_shape(model)
+        self.kv: list[torch.Tensor] = []  # every layer's keys, then every layer's values [1, kv_heads, S, D]
+        self.length = 0
+        if backend == "inductor":  # traced lazily at the first call: the model keeps eager attention
+            self._set_attention()
+        self.module = StepModule(model).eval()
+        self.steps = {b: self._load_or_build(b) for b in self.buckets}
+
+    def _set_attention(self):
+        _set_eager_attention(self.model)
+
+    @property
+    def capacity(self) -> int:
+        return self.kv[0].shape[2] if self.kv else 0
+
+    def bucket(self, T: int) -> int:
+        for b in self.buckets:
+            if b >= T:
+                return b
+        raise EngineError(f"a step of {T} tokens exceeds the largest compiled step ({self.buckets[-1]})")
+
+    # ------------------------------------------------------------------------------------------ building
+    def _example(self, Tb: int, S: int = 2 * CAPACITY_STEP):
+        dev = self.device
+        kv = [torch.zeros(1, self.kv_heads, S, self.head_dim, device=dev, dtype=self.dtype)] * (
+            2 * self.layers
+        )
+        kv = [t.clone() for t in kv]
+        ids = torch.zeros(1, Tb, dtype=torch.long, device=dev)
+        pos = torch.arange(Tb, device=dev)[None] + 7
+        tree = torch.ones(Tb, Tb, dtype=torch.bool, device=dev).tril()
+        return (ids, pos, tree, torch.tensor(7, device=dev), *kv)
+
+    def _load_or_build(self, Tb: int):
+        if self.backend == "inductor":
+            from torch._dynamo import config as dynamo_config
+
+            dynamo_config.cache_size_limit = max(64, dynamo_config.cache_size_limit)
+            return torch.compile(self.module, fullgraph=True, dynamic=False)
+        path = os.path.join(self.folder, f"step-{Tb}.pt2")
+        if not os.path.exists(path):
+            _set_eager_attention(self.model)  # exported with it; the model gets its own back after
+            try:
+                _build_package(self.module, self._example(Tb), path, self.autotune, self.verbose, Tb)
+            finally:
+                _restore_attention(self.model)
+        from torch._inductor import aoti_load_package
+
+        return aoti_load_package(path)
+
+    # ---------------------------------------------------------------------------------------- the cache
+    def _ensure(self, capacity: int) -> None:
+        need = -(-(capacity + self.buckets[-1]) // CAPACITY_STEP) * CAPACITY_STEP
+        if self.capacity < need:
+            shape = (1, self.kv_heads, need, self.head_dim)
+            self.kv = [
+                torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(2 * self.layers)
+            ]
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids [1, L] -> (last hidden [H], logits [V]), run eagerly into the preallocated cache;
+        ``capacity``: the tokens this generation may hold (prompt + new tokens + tree room)."""
+        L = input_ids.shape[1]
+        self._ensure(max(capacity, L))
+        slots = torch.arange(L, device=self.device)
+        cache = _CacheWriter(self.kv[: self.layers], self.kv[self.layers :], slots, L)
+        causal = torch.ones(L, L, dtype=torch.bool, device=self.device).tril()
+        mask = torch.zeros(1, 1, L, L, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~causal, torch.finfo(self.dtype).min)
+        out = self.decoder(input_ids=input_ids, cache=cache, position_ids=slots[None], attention_mask=mask)
+        hidden = out.last_hidden_state[0, -1]
+        self.length = L
+        return hidden, project(self.model, self.lm_head, hidden)
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, offsets: torch.Tensor | None = None, tree_mask=None):
+        """As :meth:`EagerEngine.step`: tokens [T] -> (hidden [T, H], logits [T, V]), padded to a bucket."""
+        T = tokens.numel()
+        Tb = self.bucket(T)
+        if self.length + Tb > self.capacity:
+            raise EngineError(f"the cache of {self.capacity} slots is full (prefill with a larger capacity)")
+        dev = self.device
+        ids = tokens[:1].expand(1, Tb).clone()  # padding nodes: copies of the root that see only themselves
+        ids[0, :T] = tokens
+        pos = torch.full((1, Tb), self.length, dtype=torch.long, device=dev)
+        vis = torch.eye(Tb, dtype=torch.bool, device=dev)
+        if tree_mask is not None:
+            pos[0, :T] += offsets
+            vis[:T, :T] = tree_mask
+        start = torch.tensor(self.length, device=dev)
+        hidden, logits = self.steps[Tb](ids, pos, vis, start, *self.kv)
+        self.pending = T
+        return hidden[0, :T], logits[0, :T]
+
+    def accept(self, path: torch.Tensor | None = None) -> None:
+        """As :meth:`EagerEngine.accept`: the accepted path is moved in place inside the preallocated cache."""
+        if path is None:
+            self.length += self.pending
+            return
+        A = path.numel()
+        if not bool((path == torch.arange(A, device=path.device)).all()):
+            idx = path + self.length
+            for t in self.kv:
+                t[:, :, self.length : self.length + A] = t.index_select(2, idx)
+        self.length += A
+
+    def rewind(self, length: int) -> None:
+        self.length = length
+
+
+BACKENDS = ("aoti", "inductor")
+
+
+def package_folder(model, autotune: bool) -> str:
+    """Where this model's compiled steps live: one folder per (model, dtype, device, threads, torch, CPU)."""
+    import hashlib
+    import json
+
+    from .base import cache_root
+    from .budget import profile_key
+
+    key = profile_key(model, next(model.parameters()).device) | {"autotune": autotune, "format": 1}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return os.path.join(cache_root(), "engine", digest)
+
+
+def _build_package(module, example, path: str, autotune: bool, verbose: bool, Tb: int) -> None:
+    """torch.export the step (cache length dynamic) and compile it with AOTInductor into ``path``."""
+    import time
+
+    from torch._inductor import aoti_compile_and_package
+
+    t0 = time.perf_counter()
+    if verbose:
+        print(f"engine: compiling the {Tb}-token step (once; a few minutes) ...", flush=True)
+    S = torch.export.Dim("S", min=64, max=1 << 20)
+    dynamic = (None, None, None, None, tuple({2: S} for _ in example[4:]))  # *kv is one (varargs) input
+    with torch.no_grad():
+        program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=False)
+    options = {"freezing": True}
+    if autotune:  # measured per matmul shape: inductor's C++ GEMM template vs oneDNN
+        options |= {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path[:-4]}.{os.getpid()}.tmp.pt2"
+    aoti_compile_and_package(program, package_path=tmp, inductor_configs=options)
+    os.replace(tmp, path)
+    if verbose:
+        print(f"engine: the {Tb}-token step compiled in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+# ------------------------------------------------------------------------------------------- choosing one
+def _record_path(model, buckets) -> tuple[str, dict]:
+    import hashlib
+    import json
+
+    from .base import cache_root
+    from .budget import profile_key
+
+    key = profile_key(model, next(model.parameters()).device) | {"buckets": list(buckets)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return os.path.join(cache_root(), "engine", f"engine-{digest}.json"), key
+
+
+def read_record(model, buckets=DEFAULT_BUCKETS) -> dict | None:
+    """The saved build-and-measure record of the compiled engine for this model here, or None."""
+    import json
+
+    path, key = _record_path(model, buckets)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return rec if rec.get("key") == key else None
+
+
+def _cost(ms: list[float]) -> float:
+    """Milliseconds per token the engine can expect: the better of plain steps and full-bucket trees yielding 2."""
+    return min(ms[0], ms[-1] / 2)
+
+
+@torch.no_grad()
+def measure_engine(engine, buckets, prefix_len: int = 128, reps: int = 5) -> list[float]:
+    """Median milliseconds of one step per bucket (interleaved repetitions, after a warm-up round)."""
+    import statistics
+    import time
+
+    vocab = engine.lm_head.weight.shape[0]
+    g = torch.Generator().manual_seed(0)
+    dev = next(engine.model.parameters()).device
+    prompt = torch.randint(0, vocab, (1, prefix_len), generator=g).to(dev)
+    engine.prefill(prompt, prefix_len + max(buckets) + 1)
+    runs = [[] for _ in buckets]
+    for rep in range(reps + 1):
+        for i, T in enumerate(buckets):
+            tokens = torch.randint(0, vocab, (T,), generator=g).to(dev)
+            offsets = torch.arange(T, device=dev)
+            tree_mask = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
+            t0 = time.perf_counter()
+            _, logits = engine.step(tokens, offsets if T > 1 else None, tree_mask if T > 1 else None)
+            logits.argmax(-1).tolist()
+            if rep:
+                runs[i].append(1000 * (time.perf_counter() - t0))
+            engine.rewind(prefix_len)
+    return [statistics.median(r) for r in runs]
+
+
+def build_compiled(model, buckets=DEFAULT_BUCKETS, verbose: bool = True, **options):
+    """Build (or load) every bucket's compiled step and time it against the eager engine -> (engine, record).
+    ``options``: :class:`CompiledEngine`'s (autotune, backend, folder)."""
+    import json
+    import time
+
+    t0 = time.perf_counter()
+    engine = CompiledEngine(model, buckets, verbose=verbose, **options)
+    compiled_ms = measure_engine(engine, buckets)
+    build_s = time.perf_counter() - t0
+    eager_ms = measure_engine(EagerEngine(model), buckets)
+    faster = _cost(compiled_ms) < _cost(eager_ms)
+    path, key = _record_path(model, buckets)
+    rec = {"key": key, "compiled_ms": compiled_ms, "eager_ms": eager_ms, "faster": faster, "build_s": build_s}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(rec, f)
+    os.replace(path + ".tmp", path)
+    return engine, rec
+
+
+def _ms(values) -> str:
+    return "/".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in values)
+
+
+def make_engine(model, name: str = "auto", buckets=DEFAULT_BUCKETS, verbose: bool = True, **options):
+    """-> (engine, one-line reason). ``eager``: the eager engine. ``compiled``: build (or load from inductor's disk
+    cache) and measure the compiled engine; a failure falls back to eager with the reason. ``auto``: compiled where
+    a build here measured it faster, else eager (never compiles by itself: the first build takes minutes)."""
+    if name not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {name!r}")
+    if name == "eager":
+        return EagerEngine(model), "eager (asked)"
+    if name == "auto":
+        rec = read_record(model, buckets)
+        built = options.get("backend", "aoti") != "aoti" or all(
+            os.path.exists(
+                os.path.join(package_folder(model, options.get("autotune", True)), f"step-{b}.pt2")
+            )
+            for b in buckets
+        )
+        if rec is None or not built:
+            return EagerEngine(
+                model
+            ), "eager: the compiled engine was not built here yet (once: --engine compiled)"
+        if not rec["faster"]:
+            return EagerEngine(model), (
+                f"eager: it measured faster here (steps of {_ms(buckets)} tokens: eager {_ms(rec['eager_ms'])} "
+                f"ms, compiled {_ms(rec['compiled_ms'])} ms)"
+            )
+    try:
+        engine, rec = build_compiled(model, buckets, verbose=verbose, **options)
+    except Exception as e:  # noqa: BLE001 - any compiler failure means eager, said once
+        _restore_attention(model)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return EagerEngine(model), f"eager: compiling failed ({type(e).__name__}: {first[:200]})"
+    return engine, (
+        f"compiled (steps of {_ms(buckets)} tokens: {_ms(rec['compiled_ms'])} ms vs eager "
+        f"{_ms(rec['eager_ms'])} ms; ready in {rec['build_s']:.0f} s)"
+    )
+
+
+def _set_eager_attention(model) -> None:
+    """The mask-aware eager attention, which the compiler fuses (a 1-query SDPA call on a CPU costs ~10x more)."""
+    current = getattr(model.config, "_attn_implementation", None)
+    if current != "eager":
+        model._medusa_attn = current  # for _restore_attention
+        model.set_attn_implementation("eager")
+
+
+def _restore_attention(model) -> None:
+    if getattr(model, "_medusa_attn", None) is not None:
+        model.set_attn_implementation(model._medusa_attn)
+        model._medusa_attn = None
