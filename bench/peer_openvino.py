@@ -1,7 +1,8 @@
 """OpenVINO GenAI on the same token ids as our benchmark: run with the peer's own Python (its own venv, never the
-project's), called by ``python -m infer.bench --peer-openvino FOLDER``; prints one JSON line per prompt.
+project's), driven by ``python -m infer.bench --peer-openvino FOLDER``: it reads one prompt a line on stdin (a JSON
+list of token ids) and answers one JSON line each, so the benchmark interleaves it with our modes prompt by prompt.
 
-    peers/ov/bin/python bench/peer_openvino.py --model peers/ov-fp16 --ids prompts.json --max-new-tokens 128 \\
+    echo '[1, 2, 3]' | peers/ov/bin/python bench/peer_openvino.py --model peers/ov-fp16 --max-new-tokens 128 \\
         [--prompt-lookup] [--threads 2]
 
 Install and export (see README, "Peers"):
@@ -23,7 +24,6 @@ import time
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True, help="an OpenVINO IR folder exported by optimum-cli")
-    p.add_argument("--ids", required=True, help="JSON: a list of prompts, each a list of token ids")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--prompt-lookup", action="store_true")
     p.add_argument("--threads", type=int, default=2)
@@ -32,8 +32,6 @@ def main() -> int:
     import openvino as ov
     import openvino_genai as og
 
-    with open(args.ids) as f:
-        prompts = json.load(f)
     opts = {"INFERENCE_NUM_THREADS": args.threads}
     if args.prompt_lookup:
         opts["prompt_lookup"] = True
@@ -44,7 +42,8 @@ def main() -> int:
     if args.prompt_lookup:
         cfg.num_assistant_tokens, cfg.max_ngram_size = 4, 3
     print(json.dumps({"openvino_genai": og.__version__, "openvino": ov.__version__}), flush=True)
-    for ids in prompts:
+    for line in sys.stdin:
+        ids = json.loads(line)
         t = ov.Tensor(np.array([ids], dtype=np.int64))
         mask = ov.Tensor(np.ones((1, len(ids)), dtype=np.int64))
         t0 = time.perf_counter()

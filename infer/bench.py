@@ -248,39 +248,49 @@ class Totals:
 PEERS = ("ov-genai", "ov-genai-prompt-lookup")
 
 
-def run_peers(args, prompts: list[torch.Tensor]) -> dict[str, list[DecodeResult]]:
-    """OpenVINO GenAI, plain and with prompt lookup, on the prompts' token ids, in its own Python -> one
-    DecodeResult per prompt and mode (tokens and times; no steps)."""
-    import subprocess
-    import tempfile
+class Peer:
+    """An engine of another project in its own Python (bench/peer_openvino.py), fed one prompt at a time so that
+    its runs interleave with ours prompt by prompt (a machine whose speed drifts hits every engine alike)."""
 
-    if not os.path.exists(args.peer_python):
-        raise PipelineError(
-            f"--peer-python {args.peer_python} not found (README, Peers: install it in its own venv)"
-        )
-    if not os.path.isdir(args.peer_openvino):
-        raise PipelineError(f"--peer-openvino {args.peer_openvino} is not an exported OpenVINO model folder")
-    script = os.path.join(ROOT, "bench", "peer_openvino.py")
-    out = {}
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump([p[0].tolist() for p in prompts], f)
-    try:
-        for mode in PEERS:
-            cmd = [args.peer_python, script, "--model", args.peer_openvino, "--ids", f.name]
-            cmd += ["--max-new-tokens", str(args.max_new_tokens), "--threads", str(torch.get_num_threads())]
-            cmd += ["--prompt-lookup"] if mode.endswith("prompt-lookup") else []
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode:
-                raise PipelineError(f"{mode} failed: {proc.stderr.strip()[-500:]}")
-            lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-            print(f"# {mode}: {json.dumps(lines[0])}", flush=True)
-            out[mode] = [
-                DecodeResult(tokens=r["tokens"], time_total=r["time_total"], time_prefill=r["time_prefill"])
-                for r in lines[1:]
-            ]
-    finally:
-        os.unlink(f.name)
-    return out
+    def __init__(self, args, mode: str):
+        import subprocess
+
+        if not os.path.exists(args.peer_python):
+            raise PipelineError(f"--peer-python {args.peer_python} not found (README, Peers: its own venv)")
+        if not os.path.isdir(args.peer_openvino):
+            raise PipelineError(
+                f"--peer-openvino {args.peer_openvino} is not an exported OpenVINO model folder"
+            )
+        cmd = [
+            args.peer_python,
+            os.path.join(ROOT, "bench", "peer_openvino.py"),
+            "--model",
+            args.peer_openvino,
+        ]
+        cmd += ["--max-new-tokens", str(args.max_new_tokens), "--threads", str(torch.get_num_threads())]
+        cmd += ["--prompt-lookup"] if mode.endswith("prompt-lookup") else []
+        self.mode = mode
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.version = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise PipelineError(f"{self.mode} stopped (exit code {self.proc.wait()}); see its messages above")
+        return json.loads(line)
+
+    def generate(self, ids: torch.Tensor) -> DecodeResult:
+        self.proc.stdin.write(json.dumps(ids[0].tolist()) + "\n")
+        self.proc.stdin.flush()
+        r = self._read()
+        return DecodeResult(tokens=r["tokens"], time_total=r["time_total"], time_prefill=r["time_prefill"])
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+PEERS = ("ov-genai", "ov-genai-prompt-lookup")
 
 
 def print_table(dtype: str, label: str, rows: dict) -> None:
@@ -395,14 +405,15 @@ def _bench(args, out) -> int:
                 baselines=j == 0,
                 engines=engines,
             )
-        prompts = [
-            encode(tokenizer, [{"role": "user", "content": t[0]}], tokenizer.chat_template is not None)
-            for t in convs
-        ]
-        peers = run_peers(args, prompts) if args.peer_openvino else {}
+        peers = {m: Peer(args, m) for m in PEERS} if args.peer_openvino else {}
+        for m, peer in peers.items():
+            print(f"# {m}: {json.dumps(peer.version)}", flush=True)
         totals = {m: Totals() for m in [*modes, *peers]}
-        for i, ids in enumerate(prompts):
-            results = {m: r[i] for m, r in peers.items()}
+        for i, turns in enumerate(convs):
+            ids = encode(
+                tokenizer, [{"role": "user", "content": turns[0]}], tokenizer.chat_template is not None
+            )
+            results = {m: peer.generate(ids) for m, peer in peers.items()}
             for m, (h, c, engine) in modes.items():
                 if isinstance(c, str):
                     results[m] = run_baseline(c, model, ids, args.max_new_tokens, eos)
@@ -435,6 +446,8 @@ def _bench(args, out) -> int:
         if out:
             out.write(json.dumps(summary) + "\n")
         print(json.dumps(summary), flush=True)
+        for peer in peers.values():
+            peer.close()
     if args.plot:
         plot(summaries, args.plot)
     return 0

@@ -87,3 +87,19 @@ def test_typical_acceptance_runs_and_accepts():
     cfg = DecodeConfig(tree="dynamic", acceptance="typical", temperature=0.7, max_new_tokens=20)
     out = generate(model, prompt, heads, cfg, eos=set(), generator=torch.Generator().manual_seed(0))
     assert len(out.tokens) == 20 and out.tokens_per_step >= 1.0
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA: the generator lives on the model's device"
+)
+def test_tree_sampling_with_a_generator_on_the_models_device():
+    """The CLI and the server create the generator on the model's device; tree acceptance draws its uniforms with
+    it (it drew them on the CPU, which raises for a CUDA generator)."""
+    model, heads, prompt, _ = _setup(1.0)
+    model, heads, prompt = model.cuda(), heads.cuda(), prompt.cuda()
+    cfg = DecodeConfig(
+        tree="dynamic", node_budget=6, top_m=3, acceptance="sample", temperature=1.0, max_new_tokens=8
+    )
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    out = generate(model, prompt, heads, cfg, eos=set(), generator=gen)
+    assert len(out.tokens) == 8
