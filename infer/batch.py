@@ -198,9 +198,7 @@ class BatchDecoder:
         t0 = _now(self.device)
         B, S = len(self.rows), self.valid.shape[1]
         latency = self.latency.for_batch(B) if self.latency is not None else None
-        drafting = not self.plain and (
-            latency is None or (latency.trees_can_pay(B, self.depth) and latency.want_draft(B))
-        )
+        drafting = not self.plain and (latency is None or latency.may_draft(B, self.depth))
         trees, tops = [], []
         if drafting:  # the heads run once for the whole batch (sequential heads: once per depth)
             hiddens = torch.stack([r.hidden for r in self.rows])  # [B, H]

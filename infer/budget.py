@@ -41,6 +41,9 @@ PLAIN_MARGIN = 1.05  # plain steps win ties against trees predicted less than 5 
 WINDOW = 15  # observed/prior ratios kept per size class
 ANCHORS = (1, 2, 4, 8, 16, 32)  # tree sizes probed while decoding, fewest observations first
 RECHECK = 16  # while plain steps win, draft again every this many steps to see whether trees pay now
+UNPAID_RECHECK = (
+    64  # while trees cannot pay at all (batched), draft and probe a tree every this many x B steps
+)
 PROBE_STEPS = (
     2,
     4,
@@ -67,6 +70,8 @@ class LatencyProfile:
     probe: bool = True  # probe anchor sizes now and then (off: a pure argmax, for tests)
     skipping: bool = False  # the last draft said plain steps win: decode without drafting for a while
     skipped: int = 0  # plain steps taken since
+    unpaid: int = 0  # batched steps not drafted because trees could not pay (may_draft)
+    force_probe: bool = False  # the next best_budget probes a tree size (a may_draft re-check)
 
     def estimate(self) -> torch.Tensor:
         """[S] current latency per size: the prior times the observed/prior ratio of its size class (sizes
@@ -120,6 +125,18 @@ class LatencyProfile:
         best = batch * torch.clamp(self.sizes, max=depth + 1).double() / (est + overhead)
         return bool((best[self.sizes > 1] > batch / est[self.sizes == 1][0]).any())
 
+    def may_draft(self, batch: int, depth: int) -> bool:
+        """The batched decoder's question each step. While trees cannot pay even fully accepted (at the latencies
+        known now), it does not draft, except once every UNPAID_RECHECK x batch steps, a draft whose budget probes a
+        tree size: a prior too pessimistic about trees is corrected only by trees it observes."""
+        if self.trees_can_pay(batch, depth):
+            return self.want_draft(batch)
+        self.unpaid += 1
+        if self.unpaid % (UNPAID_RECHECK * batch):
+            return False
+        self.force_probe = True
+        return True
+
     def want_draft(self, batch: int = 1) -> bool:
         """False while plain steps win (the last draft chose n = 0): decode without drafting, re-checking with a
         draft every RECHECK plain steps (RECHECK x batch for a batch: a draft costs every row's heads)."""
@@ -131,10 +148,11 @@ class LatencyProfile:
     def _probe(self, limit: int) -> int | None:
         """On the probe schedule: the anchor size up to ``limit`` (twice the chosen size: probes stay cheap, and a
         prior that is too pessimistic is walked back up one class at a time) observed least, else None."""
-        if not self.probe or (self.steps not in PROBE_STEPS and self.steps % 64):
+        forced, self.force_probe = self.force_probe, False
+        if not self.probe or (not forced and self.steps not in PROBE_STEPS and self.steps % 64):
             return None
         sizes = self.sizes.tolist()
-        anchors = [sizes.index(a) for a in ANCHORS if a in sizes and a <= limit]
+        anchors = [sizes.index(a) for a in ANCHORS if a in sizes and a <= limit and (a > 1 or not forced)]
         if not anchors:
             return None
         self._ensure()

@@ -310,6 +310,19 @@ def _check_out(out: str, heads_folder: str, force: bool) -> None:
         )
     if os.listdir(out) and not force:
         raise ExportError(f"--out {out!r} exists and is not empty: pass --force to replace it")
+    if os.listdir(out) and not _is_export(out):
+        raise ExportError(
+            f"--out {out!r} is not an earlier export (its {README_NAME} does not say 'Exported by `python -m "
+            "train.export'): --force replaces only exports; choose a new or empty folder"
+        )
+
+
+def _is_export(folder: str) -> bool:
+    try:
+        with open(os.path.join(folder, README_NAME), encoding="utf-8") as f:
+            return "Exported by `python -m train.export" in f.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _static_choices(given, folder: str, K: int, nodes: int) -> tuple[list[tuple[int, ...]], str]:
@@ -470,6 +483,7 @@ def _write(out: str, files: dict[str, object], force: bool) -> None:
                 torch.save(content, path)
             else:
                 save_file(content, path, metadata={"format": "pt"})
+            os.chmod(path, 0o666 & ~umask)  # readable by a server running as another user (not 0600)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -47,6 +47,28 @@ def test_trees_that_cannot_pay_even_when_always_accepted_are_not_drafted():
     assert prof.trees_can_pay(batch=8, depth=4)
 
 
+def test_a_batch_that_stopped_drafting_rechecks_with_a_probe():
+    """Once the prior says trees cannot pay, the batched decoder still drafts (and probes a tree) now and then: a
+    pessimistic prior (measured on a busy machine) is corrected only by trees it observes."""
+    from infer.budget import UNPAID_RECHECK
+
+    prof = LatencyProfile(
+        sizes=torch.tensor([1, 2, 4, 8]),
+        seconds=torch.tensor([0.05, 0.10, 0.20, 0.40], dtype=torch.float64),
+        heads_seconds=0.002,
+        key={},
+    )
+    decisions = [prof.may_draft(batch=2, depth=4) for _ in range(4 * UNPAID_RECHECK)]
+    assert decisions.count(True) == 2 and decisions.index(True) == 2 * UNPAID_RECHECK - 1
+    assert prof.force_probe  # the re-check asks the budget to probe
+    prof.force_probe = False
+    hopeless = torch.tensor([0.2, 0.01, 0.01]).log()
+    prof.steps = 40  # off the probe schedule: without the re-check's probe this would be plain (n = 0)
+    assert prof.best_budget([hopeless, hopeless]) == 0
+    prof.force_probe = True
+    assert prof.best_budget([hopeless, hopeless]) > 0  # the re-check observes a tree
+
+
 def _fake_measure(calls):
     """A deterministic monotone measurement (tiny models time in noise-dominated microseconds)."""
 

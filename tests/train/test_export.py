@@ -361,6 +361,20 @@ def test_existing_out_is_refused_unless_force(tmp_path, base):
         export_heads(str(tmp_path / "heads"), "vllm", str(tmp_path), force=True)
     assert MedusaHeads.from_pretrained(str(tmp_path / "heads")).num_heads == K
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temporary folder left
+    # --force replaces earlier exports only, never a folder of something else
+    other = tmp_path / "project"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not an earlier export"):
+        export_heads(str(tmp_path / "heads"), "vllm", str(other), force=True)
+    assert (other / "notes.txt").read_text() == "keep me"
+    # every exported file is readable by others (a server running as another user)
+    old = os.umask(0o022)
+    try:
+        export_heads(str(tmp_path / "heads"), "tgi", str(out), force=True)
+    finally:
+        os.umask(old)
+    assert {oct(os.stat(out / n).st_mode & 0o777) for n in os.listdir(out)} == {"0o644"}
 
 
 def test_a_failed_write_leaves_nothing(tmp_path, base, monkeypatch):
