@@ -30,6 +30,7 @@ from .batch import BatchDecoder
 from .decode import DecodeConfig, tree_room
 from .pipeline import Pipeline
 
+MAX_BODY_BYTES = 4 << 20  # a request body larger than this is refused (413) before anything parses it
 MAX_STOP = 4  # stop strings per request, as OpenAI's API
 
 
@@ -198,6 +199,17 @@ def _field(body: dict, name: str, kinds, default, check=None, what: str = ""):
     return value
 
 
+def _utf8(texts: list[str], param: str) -> None:
+    """JSON can carry lone surrogates (\\ud800) that no tokenizer can encode."""
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise RequestError(
+                f"'{param}' holds text that is not valid Unicode ({e.reason})", param
+            ) from None
+
+
 def parse_request(body, chat: bool, pipe: Pipeline, served: str) -> tuple[torch.Tensor, DecodeConfig, dict]:
     """A request body -> (input ids [1, L], the row's DecodeConfig, options); RequestError when it is bad."""
     if not isinstance(body, dict):
@@ -217,6 +229,7 @@ def parse_request(body, chat: bool, pipe: Pipeline, served: str) -> tuple[torch.
                                "string}", "messages")  # fmt: skip
         if not messages[-1]["content"].strip():
             raise RequestError("the last message is empty", "messages")
+        _utf8([m["content"] for m in messages], "messages")
         ids = pipe.encode(messages)
     else:
         prompt = body.get("prompt")
@@ -224,12 +237,14 @@ def parse_request(body, chat: bool, pipe: Pipeline, served: str) -> tuple[torch.
             prompt = prompt[0]
         if not isinstance(prompt, str) or not prompt:
             raise RequestError("'prompt' must be a non-empty string", "prompt")
+        _utf8([prompt], "prompt")
         ids = pipe.tokenizer(prompt, return_tensors="pt").input_ids.to(pipe.device)
     number = (int, float)
     max_tokens = _field(body, "max_tokens", int, 256, lambda v: v >= 1, "an integer >= 1")
     max_tokens = _field(body, "max_completion_tokens", int, max_tokens, lambda v: v >= 1, "an integer >= 1")
-    temperature = _field(body, "temperature", number, 0.0, lambda v: math.isfinite(v) and 0 <= v <= 2,
-                         "a number in [0, 2]")  # fmt: skip
+    temperature = _field(
+        body, "temperature", number, 0.0, lambda v: 0 <= v <= 2 and math.isfinite(v), "a number in [0, 2]"
+    )  # fmt: skip (compared first: a huge integer has no float)
     # checked only: lossless sampling draws from the whole distribution, one answer per request
     _field(
         body,
@@ -246,7 +261,7 @@ def parse_request(body, chat: bool, pipe: Pipeline, served: str) -> tuple[torch.
         raise RequestError(
             f"'stop' must be a non-empty string or a list of at most {MAX_STOP} of them", "stop"
         )
-    seed = _field(body, "seed", int, None, None, "an integer")
+    seed = _field(body, "seed", int, None, lambda v: -(2**63) <= v < 2**64, "an integer in [-2^63, 2^64)")
     stream = _field(body, "stream", bool, False, None, "true or false")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
@@ -306,16 +321,20 @@ def build_app(pipe: Pipeline, served: str | None = None, trees: bool = True, max
         return {"object": "list", "data": [card]}
 
     async def complete(request: Request, chat: bool):
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:  # tokenising a huge prompt would stall every request, /health included
+            return error(RequestError(f"the request body is {len(raw)} bytes, over the limit of {MAX_BODY_BYTES}",
+                                      status=413, code="request_too_large"))  # fmt: skip
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return error(RequestError(f"the request body is not valid JSON ({e})"))
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as e:  # bad JSON, nesting too deep, integers of 4,300+ digits
+            return error(RequestError(f"the request body is not valid JSON ({str(e)[:200]})"))
         try:
             ids, cfg, opts = parse_request(body, chat, pipe, served)
         except RequestError as e:
             return error(e)
-        except ValueError as e:  # e.g. the chat template refused the messages
-            return error(RequestError(str(e)))
+        except Exception as e:  # noqa: BLE001 - the chat template or the tokenizer refused the input
+            return error(RequestError(f"the prompt cannot be encoded: {str(e)[:300]}"))
         gen = None
         if cfg.acceptance == "sample":
             gen = torch.Generator(device=pipe.device)

@@ -202,6 +202,20 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
     raw = httpx.post(url + "/v1/chat/completions", content=nan, headers={"content-type": "application/json"})
     assert raw.status_code == 400 and raw.json()["error"]["param"] == "temperature"
     assert httpx.get(url + "/v1/nothing").json()["error"]["type"] == "invalid_request_error"
+    head = b'{"model": "%s", "messages": [{"role": "user", "content": "Hi"}]' % SERVED.encode()
+    for tail, param in ((b', "seed": 18446744073709551616}', "seed"),  # 2^64: torch's manual_seed refused it
+                        (b', "temperature": 1' + b"0" * 400 + b"}", "temperature"),  # no float for it
+                        (b', "seed": 1' + b"0" * 5000 + b"}", None),  # over Python's int-parsing limit
+                        (b', "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None),  # nesting too deep
+                        (b', "messages": [{"role": "user", "content": "\\ud800 lone"}]}', "messages")):  # fmt: skip
+        raw = httpx.post(url + "/v1/chat/completions", content=head + tail,
+                         headers={"content-type": "application/json"})  # fmt: skip
+        assert raw.status_code == 400, (tail[:40], raw.text[:200])
+        assert (
+            raw.json()["error"]["type"] == "invalid_request_error" and raw.json()["error"]["param"] == param
+        )
+    big = httpx.post(url + "/v1/completions", json={"model": SERVED, "prompt": "x" * (5 << 20)})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
     reply = client.chat.completions.create(model=SERVED, messages=msg, max_tokens=4)  # still serving
     assert reply.choices[0].message.content is not None
 
