@@ -70,11 +70,17 @@ class Job:
         """Decode thread: a step's tokens -> a text delta event; a stop string ends the row there."""
         if self.finish_reason is not None:
             return
+        before = len(self.tokens)
         self.tokens.extend(new)
         full = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
         found = [full.find(s, max(0, len(self.text) - len(s))) for s in self.stop]
         hit = min((i for i in found if i >= 0), default=-1)
         if hit >= 0:
+            end = hit + len(self.stop[found.index(hit)])
+            # the tokens a one-token-at-a-time decoder would have generated (usage counts the same either way)
+            keep = next(k for k in range(before + 1, len(self.tokens) + 1)
+                        if len(self.tokenizer.decode(self.tokens[:k], skip_special_tokens=True)) >= end)  # fmt: skip
+            del self.tokens[keep:]
             full, self.finish_reason = full[:hit], "stop"
             self.cancelled = True  # nothing more for this row
         elif full.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest

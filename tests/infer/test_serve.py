@@ -173,6 +173,12 @@ def test_stop_strings(server):
     )
     assert reply.choices[0].message.content == full[: full.find(stop)]
     assert reply.choices[0].finish_reason == "stop"
+    # usage counts the tokens up to the one that completed the stop string, not the rest of its tree step: the
+    # same count a one-token-at-a-time decoder gives
+    ids = pipe.encode([{"role": "user", "content": QUESTIONS[2]}])
+    tokens = pipe.generate(ids, pipe.decode_config(tree="none", max_new_tokens=32)).tokens
+    text = lambda k: pipe.tokenizer.decode(tokens[:k], skip_special_tokens=True)  # noqa: E731
+    assert reply.usage.completion_tokens == next(k for k in range(1, 33) if stop in text(k))
 
 
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
@@ -331,3 +337,23 @@ def test_a_failing_request_ends_alone_and_every_other_row_is_answered(server, mo
         replies["stop"] == ("stop", solo[: solo.find(solo[4:8])])
         and "step failed (injected)" in replies["long"]
     )
+
+
+def test_a_stop_string_inside_a_tree_step_counts_only_the_tokens_up_to_it(server):
+    """A tree step emits several tokens at once; when a stop string completes at its second token, the job keeps
+    (and usage counts) two tokens, as a one-token-at-a-time decoder would: tree and plain serving agree."""
+    import asyncio
+
+    from infer.serve import Job
+
+    tok = server["pipe"].tokenizer
+    tokens = tok("The quick brown fox jumps over the lazy dog.", add_special_tokens=False).input_ids
+    assert len(tokens) >= 5
+    stop = tok.decode(tokens[:2])[-2:]
+    loop = asyncio.new_event_loop()
+    try:
+        job = Job(torch.tensor([[1]]), None, [stop], asyncio.Queue(), loop, tok)
+        job.push(tokens[:5])  # one step, five tokens
+        assert job.finish_reason == "stop" and len(job.tokens) == 2
+    finally:
+        loop.close()
