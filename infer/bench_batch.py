@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="also write the rows here (JSONL)")
     args = p.parse_args(argv)
     try:
-        pipe = load_pipeline(dtype=args.dtype)
+        pipe = load_pipeline(dtype=args.dtype, engine="eager")  # the batched decoder runs eager
         convs = read_prompts(args.prompts, args.num_prompts + 1)
     except (PipelineError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None

@@ -467,6 +467,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    from .pipeline import PipelineError
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise PipelineError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     from .base import BaseModelError
     from .calibration import CalibrationError
@@ -482,10 +494,19 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.max_batch < 1:
             raise PipelineError("--max-batch must be >= 1")
+        _check_port(args.host, args.port)  # before minutes of loading, and before saying "serving on"
         cfg = DecodeConfig(tree=args.tree, node_budget=args.max_nodes if auto else int(args.node_budget))
-        pipe = load_pipeline(args.model, args.heads, dtype=args.dtype, device=args.device, config=cfg,
-                             auto_budget=auto, max_nodes=args.max_nodes,
-                             trust_remote_code=args.trust_remote_code)  # fmt: skip
+        pipe = load_pipeline(
+            args.model,
+            args.heads,
+            dtype=args.dtype,
+            device=args.device,
+            config=cfg,
+            auto_budget=auto,
+            max_nodes=args.max_nodes,
+            trust_remote_code=args.trust_remote_code,
+            engine="eager",
+        )  # fmt: skip (the batched decoder runs eager: its budget measures that)
     except (PipelineError, BaseModelError, HeadsError, CalibrationError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     import uvicorn

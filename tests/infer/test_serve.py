@@ -357,3 +357,16 @@ def test_a_stop_string_inside_a_tree_step_counts_only_the_tokens_up_to_it(server
         assert job.finish_reason == "stop" and len(job.tokens) == 2
     finally:
         loop.close()
+
+
+def test_a_busy_port_is_an_error_before_anything_loads(capsys):
+    from infer.serve import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SystemExit) as e:
+            main(["--port", str(port), "--model", "/nonexistent/model"])  # the port is checked first
+    assert f"cannot listen on 127.0.0.1:{port}" in str(e.value)
+    assert "serving on" not in capsys.readouterr().out
