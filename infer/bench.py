@@ -77,7 +77,7 @@ def parse_args(argv=None):
         "--modes",
         nargs="+",
         default=["hf-generate", "hf-prompt-lookup", "plain", "static:16", "dynamic-cal:16", "auto"],
-        help="hf-generate, hf-prompt-lookup, plain, static:N, dynamic-raw:N, dynamic-cal:N, auto "
+        help="hf-generate, hf-prompt-lookup, plain, context, static:N, dynamic-raw:N, dynamic-cal:N, auto "
         "(default: %(default)s)",
     )
     p.add_argument(
@@ -187,6 +187,8 @@ def _build_mode(args, model, heads, cal, cheap, prefix, baselines, spec, common,
             choices = [c for c in DEFAULT_CHOICES if len(c) <= heads.num_heads]
             spec = prefix + "static:medusa-default"
         modes[spec] = (heads, DecodeConfig(tree="static", medusa_choices=choices, **common))
+    elif name == "context":  # prompt lookup: the context's continuation as a chain, no heads
+        modes[spec] = (None, DecodeConfig(drafter="context", max_new_tokens=args.max_new_tokens))
     elif name == "dynamic-raw":
         modes[spec] = (heads, DecodeConfig(tree="dynamic", node_budget=n, **common))
     elif name == "dynamic-cal":

@@ -30,6 +30,7 @@ from .tree import (
 
 ACCEPTANCE = ("greedy", "typical", "sample")
 TREES = ("dynamic", "static", "none")
+DRAFTERS = ("heads", "context")  # who proposes the tree: the heads, or the context's own continuations
 
 # A small static tree (paths of per-head ranks) used when --tree static is asked without a choice list.
 DEFAULT_CHOICES = [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 0, 0, 0)]
@@ -52,8 +53,13 @@ class DecodeConfig:
     beam: int | None = 8  # sequential heads: nodes of a depth that get children (None: node_budget, exact)
     min_mass: float = 0.25  # sequential heads: no deeper head call once the frontier's path probs sum below
     keep_hidden: bool = False  # record each tree step's root index and hidden state (calibration events)
+    drafter: str = (
+        "heads"  # "heads" or "context" (prompt lookup: a chain continuing the suffix's last occurrence)
+    )
 
     def __post_init__(self):
+        if self.drafter not in DRAFTERS:
+            raise ValueError(f"drafter must be one of {DRAFTERS}, got {self.drafter!r}")
         if self.tree not in TREES:
             raise ValueError(f"tree must be one of {TREES}, got {self.tree!r}")
         if self.acceptance not in ACCEPTANCE:
@@ -206,6 +212,10 @@ def head_children(heads, lm_head, embed, d: int, hidden: torch.Tensor, paths: to
 def tree_room(cfg: DecodeConfig, heads) -> int:
     """Cache positions a tree step may add beyond the accepted tokens: 0 for plain decoding, else at most the
     node budget, and never more than the candidate paths that exist (sum over depths of top_m ** d)."""
+    if cfg.tree != "none" and cfg.drafter == "context":
+        from .context import MAX_TOKENS
+
+        return min(cfg.node_budget, MAX_TOKENS) + 1
     if cfg.tree == "none" or heads is None:
         return 0
     depth = heads.num_heads if cfg.depth is None else min(cfg.depth, heads.num_heads)
@@ -311,9 +321,11 @@ def generate(
     eos = stop_ids(model) if eos is None else eos
     device = input_ids.device
     lm_head = model.get_output_embeddings()
-    plain = cfg.tree == "none" or heads is None
+    context = cfg.tree != "none" and cfg.drafter == "context"
+    heads = None if context else heads
+    plain = cfg.tree == "none" or (heads is None and not context)
     static = None
-    if not plain and cfg.tree == "static":
+    if not plain and not context and cfg.tree == "static":
         max_d = heads.num_heads if cfg.depth is None else min(cfg.depth, heads.num_heads)
         choices = cfg.medusa_choices or [c for c in DEFAULT_CHOICES if len(c) <= max_d]
         static = static_tree(choices)
@@ -322,9 +334,11 @@ def generate(
         static_buffers = tree_buffers(static)
     top_m = cfg.top_m if static is None else int(static.rank.max()) + 1
     embed = model.get_input_embeddings() if heads is not None and heads.sequential else None
-    depth = 0 if plain else (heads.num_heads if cfg.depth is None else min(cfg.depth, heads.num_heads))
+    depth = (
+        0 if heads is None else (heads.num_heads if cfg.depth is None else min(cfg.depth, heads.num_heads))
+    )
     auto = (
-        not plain and static is None and cfg.latency is not None
+        not plain and not context and static is None and cfg.latency is not None
     )  # per-step budget from the latency profile
     result = DecodeResult(tokens=[])
     t_start = _now(device)
@@ -347,9 +361,16 @@ def generate(
     root = _pick(logits, cfg, generator)
     result.time_prefill = _now(device) - t_start
     done = _emit(result, [root], eos, cfg, on_tokens, step=False)  # the prefill's token is not a decode step
+    index = None
+    if context:
+        from .context import MAX_TOKENS, ContextIndex
+
+        index = ContextIndex(input_ids[0].tolist() + [root])
+        chain_max = min(cfg.node_budget, MAX_TOKENS if max_tree is None else max_tree - 1)
 
     while not done:
-        if plain or (auto and not cfg.latency.want_draft()):  # plain step (auto: while trees do not pay)
+        guess = index.propose(chain_max) if index is not None else None
+        if plain or (context and not guess) or (auto and not cfg.latency.want_draft()):  # a plain step
             t0 = _now(device)
             hiddens, logits = engine.step(torch.tensor([root], device=device))
             engine.accept()
@@ -357,17 +378,23 @@ def generate(
             root = _pick(logits[0], cfg, generator)
             result.time_verify += _now(device) - t0
             if not plain:
-                cfg.latency.observe(1, _now(device) - t0)
+                if auto:
+                    cfg.latency.observe(1, _now(device) - t0)
                 result.tree_sizes.append(1)
                 result.predicted.append(1.0)
             done = _emit(result, [root], eos, cfg, on_tokens)
+            if index is not None:
+                index.extend([root])
             continue
 
         t0 = _now(device)
         root_t = torch.tensor(root, device=device)
-        tree, top_tokens, top_logp, heads_s = draft_tree(
-            heads, lm_head, embed, hidden, root_t, cfg, depth, top_m, static
-        )
+        if context:  # the context's continuation, as a chain
+            tree, top_tokens, top_logp, heads_s = index.chain_tree(guess, device), None, None, 0.0
+        else:
+            tree, top_tokens, top_logp, heads_s = draft_tree(
+                heads, lm_head, embed, hidden, root_t, cfg, depth, top_m, static
+            )
         t1 = t0 + heads_s
         if static is not None and not heads.sequential:
             buffers = static_buffers
@@ -398,7 +425,11 @@ def generate(
         result.time_verify += t3 - t2
         if auto:  # the budget learns from real steps
             cfg.latency.observe(tree.size, t3 - t2, t2 - t0)
-        done = _emit(result, tokens[path[1:]].tolist() + [root], eos, cfg, on_tokens)
+        new = tokens[path[1:]].tolist() + [root]
+        done = _emit(result, new, eos, cfg, on_tokens)
+        if index is not None:
+            index.observe(tree.size - 1, path.numel() - 1)
+            index.extend(new)
     result.time_total = _now(device) - t_start
     return result
 

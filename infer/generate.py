@@ -16,7 +16,7 @@ import torch
 
 from .base import DEFAULT_MODEL, BaseModelError
 from .calibration import CalibrationError
-from .decode import ACCEPTANCE, TREES, DecodeConfig, DecodeResult
+from .decode import ACCEPTANCE, DRAFTERS, TREES, DecodeConfig, DecodeResult
 from .engine import ENGINES
 from .heads import HeadsError
 from .pipeline import PipelineError, load_pipeline, read_prompts, result_summary
@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument(
+        "--drafter",
+        choices=DRAFTERS,
+        default="heads",
+        help="who proposes the tree: the heads (default) or the context (prompt lookup: the continuation of the "
+        "current suffix's last occurrence in the prompt and the answer so far, as a chain; no heads needed)",
+    )
+    p.add_argument(
         "--engine",
         choices=ENGINES,
         default="auto",
@@ -175,6 +182,7 @@ def decode_config(args, tree: str | None = None) -> DecodeConfig:
         medusa_choices=choices,
         acceptance=acceptance,
         temperature=args.temperature,
+        drafter=args.drafter,
         posterior_threshold=args.posterior_threshold,
         posterior_alpha=args.posterior_alpha,
         max_new_tokens=args.max_new_tokens,
@@ -218,6 +226,9 @@ def run(args) -> int:
         convs = None  # interactive
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
 
+    context = cfg.drafter == "context" and cfg.tree != "none"
+    mode = "medusa" if heads is not None else ("context" if context else "plain")
+
     def run_turn(messages: list[dict], where: dict | None = None) -> str:
         ids = pipe.encode(messages, not args.no_chat_template)
         streamer = Streamer(tokenizer, not (args.quiet or args.json))
@@ -225,8 +236,8 @@ def run(args) -> int:
         if streamer.enabled:
             print()
         record = {**(where or {}), "prompt_tokens": ids.shape[1], "engine": pipe.engine.name}
-        record |= result_summary(out, "medusa" if heads is not None else "plain")
-        if args.compare and heads is not None:
+        record |= result_summary(out, mode)
+        if args.compare and mode != "plain":
             from .baselines import run_baseline
 
             torch.manual_seed(args.seed)
@@ -247,7 +258,7 @@ def run(args) -> int:
         if args.json:
             print(json.dumps(record))
         else:
-            print(stats_line(cfg.tree if heads is not None else "plain", out))
+            print(stats_line(cfg.tree if heads is not None else mode, out))
             if "speedup" in record:
                 print(stats_line("plain", base))
                 same = (
