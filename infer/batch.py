@@ -262,9 +262,11 @@ class BatchDecoder:
         t3 = _now(self.device)
         rows = list(self.rows)
         self._drop([i for i, r in enumerate(self.rows) if not r.done])
-        real = sum(r.pos for r in self.rows)  # each row's real cache slots: its prompt and accepted tokens
-        if self.rows and self.valid.numel() > 2 * real + 64 * len(self.rows):
-            self.valid = pack_rows(self.cache, self.valid)  # more holes than tokens: squeeze them out
+        # each row's real cache slots are its prompt and accepted tokens (its position); packing squeezes the holes
+        # out, which shortens the cache only to the longest row: pack when that saves a quarter of it (>= 64 slots)
+        S = self.valid.shape[1]
+        if self.rows and S - max(r.pos for r in self.rows) > max(64, S // 4):
+            self.valid = pack_rows(self.cache, self.valid)
         t4 = _now(self.device)
         if latency is not None:  # fixed: the bookkeeping every step pays (masks, positions, cache moves)
             latency.observe(T, t3 - t2, (t1 - t0) / B if drafting else None, (t2 - t1) + (t4 - t3))
