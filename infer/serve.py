@@ -514,7 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(pipe, args.served_model_name, trees=args.tree != "none", max_batch=args.max_batch)
     print(f"serving {args.served_model_name or pipe.name} on http://{args.host}:{args.port}/v1 "
           f"(trees: {args.tree}, max batch {args.max_batch})", flush=True)  # fmt: skip
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # SIGTERM / Ctrl-C: open streams get 3 s to end (they held the exit for 19 s), then the decode thread stops
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3)
+    app.state.engine.stop()
+    print("server stopped", flush=True)
     return 0
 
 

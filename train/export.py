@@ -615,6 +615,10 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
+    except OSError as e:  # a read-only folder, a full disk: nothing was left behind (_write cleans up)
+        where = e.filename or args.out
+        print(f"error: cannot write the export to {args.out!r}: {e.strerror or e} ({where})", file=sys.stderr)
+        return 2
     names = sorted(os.listdir(args.out))
     print(f"wrote {args.out} ({args.fmt}):")
     for name in names:

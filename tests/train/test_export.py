@@ -377,7 +377,7 @@ def test_existing_out_is_refused_unless_force(tmp_path, base):
     assert {oct(os.stat(out / n).st_mode & 0o777) for n in os.listdir(out)} == {"0o644"}
 
 
-def test_a_failed_write_leaves_nothing(tmp_path, base, monkeypatch):
+def test_a_failed_write_leaves_nothing(tmp_path, base, monkeypatch, capsys):
     import train.export
 
     _heads(tmp_path / "heads", base[0], "own_lm_head")
@@ -392,6 +392,11 @@ def test_a_failed_write_leaves_nothing(tmp_path, base, monkeypatch):
         export_heads(str(tmp_path / "heads"), "tgi", str(tmp_path / "out"), force=True)
     assert sorted(os.listdir(tmp_path / "out")) == before  # the previous export is untouched
     assert sorted(os.listdir(tmp_path)) == ["heads", "out"]
+    # the command line says so in one line (it printed a traceback)
+    code = train.export.main(
+        [str(tmp_path / "heads"), "--format", "tgi", "--out", str(tmp_path / "out"), "--force"]
+    )
+    assert code == 2 and "error: cannot write the export" in capsys.readouterr().err
 
 
 def test_truncated_vllm_export_is_not_expanded_with_empty_rows(tmp_path, base):
