@@ -4,6 +4,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from infer.batch import generate_batch
 from infer.decode import DecodeConfig, generate
 from infer.heads import MedusaConfig, MedusaHeads
 from tests.tiny import tiny_model
@@ -28,22 +29,41 @@ def _setup(temperature, head_type="medusa"):
             for layer in heads.inputs:
                 layer.linear.weight.add_(torch.randn_like(layer.linear.weight) * 0.5)
     prompt = torch.tensor([[1, 4, 2, 6]])
-    # Exact joint distribution of the first two new tokens at this temperature.
+    # Exact joint distribution of the first two new tokens at this temperature, and of the 2nd and 3rd (the 3rd comes
+    # from a depth-2 tree node whenever the first tree step accepts two nodes).
     with torch.no_grad():
         p1 = torch.softmax(model(prompt).logits[0, -1] / temperature, -1)
         seqs = torch.cat([prompt.repeat(V, 1), torch.arange(V)[:, None]], 1)
-        p2 = torch.softmax(model(seqs).logits[:, -1] / temperature, -1)  # [V, V]
-    return model, heads, prompt, (p1[:, None] * p2).reshape(-1)
+        p2 = torch.softmax(model(seqs).logits[:, -1] / temperature, -1)  # [V, V]: P(x2 | x1)
+        seqs3 = torch.cat([seqs.repeat_interleave(V, 0), torch.arange(V).repeat(V)[:, None]], 1)
+        p3 = torch.softmax(model(seqs3).logits[:, -1] / temperature, -1).reshape(V, V, V)  # P(x3 | x1, x2)
+    joint12 = p1[:, None] * p2
+    joint23 = (joint12[:, :, None] * p3).sum(0)  # [V, V]: P(x2, x3)
+    _setup.joint23 = joint23.reshape(-1)
+    return model, heads, prompt, joint12.reshape(-1)
 
 
-def _sample_joint(model, heads, prompt, cfg):
+def _sample_joint(model, heads, prompt, cfg, batch: int = 0):
+    """RUNS samples of the first new tokens (one at a time, or ``batch`` rows per batched call) -> (counts of
+    (x1, x2), counts of (x2, x3), the most tokens a tree step emitted)."""
     g = torch.Generator().manual_seed(1234)
-    counts = torch.zeros(V * V)
+    counts, counts23 = torch.zeros(V * V), torch.zeros(V * V)
     longest = 0
-    for _ in range(RUNS):
-        out = generate(model, prompt, heads, cfg, eos=set(), generator=g)
+    outs = []
+    while len(outs) < RUNS:
+        if batch:
+            gens = [
+                torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
+                for _ in range(batch)
+            ]
+            outs += generate_batch(model, [prompt] * batch, heads, cfg, eos=set(), generators=gens)
+        else:
+            outs.append(generate(model, prompt, heads, cfg, eos=set(), generator=g))
+    for out in outs[:RUNS]:
         counts[out.tokens[0] * V + out.tokens[1]] += 1
+        counts23[out.tokens[1] * V + out.tokens[2]] += 1
         longest = max(longest, max(out.accept_lengths))
+    _sample_joint.counts23 = counts23
     return counts, longest
 
 
@@ -60,16 +80,26 @@ def _pvalue(counts, expected_p):
 
 
 @pytest.mark.parametrize(
-    "tree,head_type", [("dynamic", "medusa"), ("static", "medusa"), ("dynamic", "sequential")]
+    "tree,head_type,batch",
+    [
+        ("dynamic", "medusa", 0),
+        ("static", "medusa", 0),
+        ("dynamic", "sequential", 0),
+        ("dynamic", "medusa", 50),
+    ],
+    ids=["dynamic-medusa", "static-medusa", "dynamic-sequential", "dynamic-medusa-batched"],
 )
-def test_tree_sampling_matches_base_distribution(tree, head_type):
+def test_tree_sampling_matches_base_distribution(tree, head_type, batch):
+    """Every depth: (x1, x2) checks the root's children, (x2, x3) the depth-2 nodes (a step that accepts two nodes
+    emits x3 from depth 2); single rows and rows sampled together in batches."""
     model, heads, prompt, joint = _setup(1.0, head_type)
     cfg = DecodeConfig(
-        tree=tree, acceptance="sample", temperature=1.0, node_budget=6, top_m=3, max_new_tokens=3
+        tree=tree, acceptance="sample", temperature=1.0, node_budget=6, top_m=3, max_new_tokens=4
     )
-    counts, longest = _sample_joint(model, heads, prompt, cfg)
-    assert longest >= 2, "no tree token was ever accepted: the test would not exercise speculative sampling"
+    counts, longest = _sample_joint(model, heads, prompt, cfg, batch)
+    assert longest >= 3, "no depth-2 node was ever accepted: the test would not exercise deep acceptance"
     assert _pvalue(counts, joint) > 1e-3
+    assert _pvalue(_sample_joint.counts23, _setup.joint23) > 1e-3
 
 
 def test_chi_square_detects_a_biased_sampler():
