@@ -198,6 +198,14 @@ def first_prompt(tokenizer, record: dict, template: str | None = None) -> torch.
 
 
 @torch.no_grad()
+def _engine(model, name: str):
+    from infer.engine import make_engine
+
+    engine, reason = make_engine(model, name)
+    log.info("engine %s -> %s", name, reason)
+    return engine
+
+
 def collect_decode(
     model,
     heads,
@@ -208,6 +216,7 @@ def collect_decode(
     max_new_tokens: int = 128,  # tokens decoded per conversation (its first user turn)
     node_budget: int = 16,  # the dynamic tree the decoder runs while collecting (raw head probabilities)
     template: str | None = None,
+    engine=None,  # infer.engine: who runs the decoder's steps (None: eager)
 ) -> dict:
     """Events on the positions decoding visits, conditioned on the path: the real decoder (greedy, dynamic tree)
     answers each conversation's first user turn; at every tree step's root it records the heads' input. Then,
@@ -236,7 +245,7 @@ def collect_decode(
         ids = first_prompt(tokenizer, rec, template)
         if ids is None:
             continue
-        out = generate(model, ids.to(device), heads, cfg, eos=eos)
+        out = generate(model, ids.to(device), heads, cfg, eos=eos, engine=engine)
         if not out.roots:
             continue
         toks = torch.tensor(out.tokens, device=device)
@@ -390,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     add("--max-new-tokens", type=int, default=128, help="--events decode: tokens decoded per conversation")
     add("--node-budget", type=int, default=16, help="--events decode: nodes of the dynamic tree decoded with")
+    add("--engine", choices=("auto", "compiled", "eager"), default="auto",
+        help="--events decode: the engine the decoder runs on (infer.generate --engine; compiled trees are cut "
+        "to its largest step)")  # fmt: skip
     add("--folds", type=int, default=FOLDS, help="cross-fitting folds")
     add("--per-rank", type=int, default=PER_RANK, help="ranks that may get their own isotonic map")
     add("--out", default=None, help="default: HEADS/calibration.json")
@@ -434,6 +446,7 @@ def calibrate(
     plots: str | None = "",
     skip_bad: bool = False,
     force: bool = False,
+    engine: str = "auto",
 ):
     """Fit calibration maps for the heads in ``heads`` on the conversations of ``data`` and write them.
 
@@ -471,6 +484,7 @@ def calibrate(
             max_new_tokens=max_new_tokens,
             node_budget=node_budget,
             template=template,
+            engine=_engine(model, engine),
         )
     else:
         col = collect(

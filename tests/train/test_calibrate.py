@@ -215,8 +215,11 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert (heads_dir / "calibration_plots" / pngs[0]).read_bytes()[:4] == b"\x89PNG"
     # --force calibrates on training data, into another file
     alt = tmp_path / "alt.json"
-    assert main([str(heads_dir), "--data", str(data), "--force", "--out", str(alt), "--no-plots"]) == 0
+    assert main([str(heads_dir), "--data", str(data), "--force", "--out", str(alt), "--no-plots",
+                 "--engine", "eager"]) == 0  # fmt: skip
     assert json.loads(alt.read_text())["fitted_on"]["forced"] is True
+    with pytest.raises(SystemExit):
+        main([str(heads_dir), "--data", str(data), "--engine", "fast"])
 
 
 @pytest.mark.parametrize("head_type", ["medusa", "sequential"])
