@@ -299,8 +299,24 @@ def package_folder(model, autotune: bool) -> str:
     from .budget import profile_key
 
     key = profile_key(model, next(model.parameters()).device) | {"autotune": autotune, "format": 1}
+    key["weights"] = weights_fingerprint(model)  # the packages hold frozen weights: new weights, new packages
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return os.path.join(cache_root(), "engine", digest)
+
+
+def weights_fingerprint(model) -> str:
+    """A cheap digest of the weights (names, shapes, dtypes and ~4k evenly spaced values of each tensor): a model
+    folder whose weights changed (a new fine-tune under the same name) never loads packages compiled for the old."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            flat = p.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 4096)][:4096]
+            h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+            h.update(sample.float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _build_package(module, example, path: str, autotune: bool, verbose: bool, Tb: int) -> None:

@@ -135,6 +135,10 @@ def test_aoti_packages_decode_losslessly_and_load_from_disk(tmp_path, monkeypatc
     monkeypatch.setattr(engine_mod, "_build_package", lambda *a, **k: pytest.fail("rebuilt"))
     again, reason = make_engine(model, "auto", buckets=(1, 4), verbose=False, autotune=False)
     assert isinstance(again, CompiledEngine) == engine_mod.read_record(model, (1, 4))["faster"], reason
+    changed = copy.deepcopy(model)  # same config and name, new weights (a new fine-tune in the same folder)
+    with torch.no_grad():
+        changed.get_output_embeddings().weight.mul_(1.01)
+    assert engine_mod.package_folder(changed, False) != engine_mod.package_folder(model, False)
     again = CompiledEngine(model, buckets=(1, 4), autotune=False)  # loads the packages
     long_prompt = torch.cat([prompts[0]] * 40, 1)  # a context past the example's cache length: S is dynamic
     out = generate(model, long_prompt, heads, cfg, eos=set(), engine=again)
