@@ -78,17 +78,22 @@ def read_prompts(path: str, limit: int | None = None, split: str | None = None) 
     return convs[:limit] if limit else convs
 
 
-def encode(tokenizer, messages: list[dict], chat_template: bool = True) -> torch.Tensor:
+def encode(
+    tokenizer, messages: list[dict], chat_template: bool = True, template: str | None = None
+) -> torch.Tensor:
     """Messages -> input ids [1, L] (the chat template with the assistant's generation prompt, or the last
-    message's text alone)."""
+    message's text alone). ``template``: the Jinja text to use instead of the tokenizer's own (the heads' training
+    template, :func:`heads_template`)."""
     if not messages or not all(isinstance(m.get("content"), str) for m in messages):
         raise PipelineError("messages must be a non-empty list of {'role', 'content': str}")
     if not messages[-1]["content"].strip():
         raise PipelineError("empty prompt")
     if chat_template:
-        if tokenizer.chat_template is None:
+        if template is None and tokenizer.chat_template is None:
             raise PipelineError("the tokenizer has no chat template; pass --no-chat-template")
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=True
+        )
         return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
     return tokenizer(messages[-1]["content"], return_tensors="pt").input_ids
 
@@ -116,6 +121,7 @@ class Pipeline:
     config: DecodeConfig  # the default decoding settings (calibration and latency profile attached)
     device: str = "cpu"
     name: str = DEFAULT_MODEL  # the base model's id, as asked
+    template: str | None = None  # the chat template the heads were trained with (their recipe's), else None
     engine: object = None  # infer.engine: who runs the model's steps (None: eager)
     engine_reason: str = "eager"  # why that engine, in one line
 
@@ -128,7 +134,7 @@ class Pipeline:
         return next(self.model.parameters()).dtype
 
     def encode(self, messages: list[dict], chat_template: bool = True) -> torch.Tensor:
-        return encode(self.tokenizer, messages, chat_template).to(self.device)
+        return encode(self.tokenizer, messages, chat_template, self.template).to(self.device)
 
     def decode_config(self, **changes) -> DecodeConfig:
         """The pipeline's settings with ``changes`` (e.g. max_new_tokens, tree, temperature), validated."""
@@ -143,6 +149,31 @@ class Pipeline:
             self.model, input_ids, heads, cfg, eos=self.eos, on_tokens=on_tokens, generator=generator,
             engine=self.engine,
         )  # fmt: skip
+
+
+def heads_template(heads_folder: str, tokenizer) -> str | None:
+    """The chat template the heads were trained with: their recipe's ``data.template`` (a shipped name, a .jinja
+    file or Jinja text), resolved by the same function training uses (:func:`data.chat.resolve_template`); None when
+    the recipe names none (the tokenizer's own, as in training)."""
+    import yaml
+
+    path = os.path.join(heads_folder, "recipe.yaml")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise PipelineError(f"{path}: cannot be read ({e})") from None
+    template = ((recipe or {}).get("data") or {}).get("template") if isinstance(recipe, dict) else None
+    if template is None:
+        return None
+    from data.chat import resolve_template
+
+    try:
+        return resolve_template(tokenizer, template)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise PipelineError(f"{path}: data.template: {e}") from None
 
 
 def check_device(device: str) -> None:
@@ -235,7 +266,12 @@ def load_pipeline(
             cfg.latency = load_or_measure(
                 base, loaded, device, sizes=sizes, force=remeasure, verbose=verbose, engine=step_engine
             )
-    return Pipeline(base, tokenizer, loaded, cfg, device, name, step_engine, reason)
+    template = None
+    if loaded is not None:
+        from .heads import resolve_heads_path
+
+        template = heads_template(resolve_heads_path(heads or SHIPPED_HEADS[name]), tokenizer)
+    return Pipeline(base, tokenizer, loaded, cfg, device, name, template, step_engine, reason)
 
 
 def result_summary(r: DecodeResult, tag: str) -> dict:

@@ -150,3 +150,38 @@ def test_context_check_counts_the_tree_only_when_there_is_one(folders, capsys):
     extra = ["--node-budget", "100000", "--top-m", "2", "--max-new-tokens", "120", "--json"]
     out = _run(folders, capsys, "--prompt", "hi", *extra)
     assert json.loads(out.strip().splitlines()[-1])["medusa_new_tokens"] > 0
+
+
+def test_heads_are_served_with_the_chat_template_they_were_trained_with(folders, tmp_path):
+    """The heads' recipe names the training template (vicuna_v1.1 here): the pipeline encodes with it, also for a
+    tokenizer that has no template of its own (it refused such prompts, or used the tokenizer's)."""
+    import shutil
+
+    import yaml
+
+    from data.chat import resolve_template
+    from infer.pipeline import load_pipeline
+
+    heads = tmp_path / "heads"
+    shutil.copytree(folders / "heads", heads)
+    (heads / "recipe.yaml").write_text(yaml.safe_dump({"data": {"template": "vicuna_v1.1"}}))
+    model = tmp_path / "model"
+    shutil.copytree(folders / "model", model)
+    cfg_file = model / "tokenizer_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg.pop("chat_template", None)
+    cfg_file.write_text(json.dumps(cfg))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    pipe = load_pipeline(str(model), str(heads), dtype="float32", auto_budget=False, verbose=False)
+    assert pipe.tokenizer.chat_template is None
+    msgs = [{"role": "user", "content": "Hi"}]
+    text = pipe.tokenizer.apply_chat_template(
+        msgs,
+        chat_template=resolve_template(pipe.tokenizer, "vicuna_v1.1"),
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert pipe.encode(msgs)[0].tolist() == pipe.tokenizer(text, add_special_tokens=False).input_ids
+    (heads / "recipe.yaml").write_text(yaml.safe_dump({"data": {"template": "no_such_template"}}))
+    with pytest.raises(ValueError, match="data.template"):
+        load_pipeline(str(model), str(heads), dtype="float32", auto_budget=False, verbose=False)
