@@ -68,6 +68,7 @@ class Row:
     hidden: torch.Tensor | None = field(default=None, repr=False)  # [H] hidden state the heads read
     done: bool = False
     cancelled: bool = False
+    index: object = None  # the context drafter's index of this row's tokens (drafter "context")
 
 
 class BatchDecoder:
@@ -81,17 +82,20 @@ class BatchDecoder:
         from transformers import DynamicCache
 
         self.model, self.cfg = model, cfg or DecodeConfig()
-        self.plain = self.cfg.tree == "none" or heads is None
-        self.heads = None if self.plain else heads
+        self.context = (
+            self.cfg.tree != "none" and self.cfg.drafter == "context"
+        )  # each row's own prompt lookup
+        self.plain = self.cfg.tree == "none" or (heads is None and not self.context)
+        self.heads = None if self.plain or self.context else heads
         self.eos = stop_ids(model) if eos is None else eos
         self.decoder, self.lm_head = decoder_and_head(model)
         self.embed = model.get_input_embeddings() if self.heads is not None and heads.sequential else None
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.latency = None if self.plain or self.cfg.tree != "dynamic" else latency
+        self.latency = None if self.plain or self.context or self.cfg.tree != "dynamic" else latency
         self.static = self.static_buffers = None
         self.depth = 0
-        if not self.plain:
+        if self.heads is not None:
             self.depth = heads.num_heads if self.cfg.depth is None else min(self.cfg.depth, heads.num_heads)
             if self.cfg.tree == "static":
                 choices = self.cfg.medusa_choices or [c for c in DEFAULT_CHOICES if len(c) <= self.depth]
@@ -140,6 +144,10 @@ class BatchDecoder:
         row.result.time_prefill = _now(self.device) - t0
         row.result.time_total = row.result.time_prefill
         row.done = _emit(row.result, [row.root], self.eos, cfg, on_tokens, step=False)
+        if self.context:
+            from .context import ContextIndex
+
+            row.index = ContextIndex(input_ids[0].tolist() + [row.root])
         if row.done:
             return row
         valid = torch.ones(1, L, dtype=torch.bool, device=self.device)
@@ -200,7 +208,13 @@ class BatchDecoder:
         latency = self.latency.for_batch(B) if self.latency is not None else None
         drafting = not self.plain and (latency is None or latency.may_draft(B, self.depth))
         trees, tops = [], []
-        if drafting:  # the heads run once for the whole batch (sequential heads: once per depth)
+        if self.context:  # each row's continuation from its own context; rows without one verify their root
+            from .context import MAX_TOKENS
+
+            k = min(self.cfg.node_budget, MAX_TOKENS)
+            trees = [r.index.chain_tree(r.index.propose(k), self.device) for r in self.rows]
+            tops = [(torch.tensor(r.root, device=self.device), None, None) for r in self.rows]
+        elif drafting:  # the heads run once for the whole batch (sequential heads: once per depth)
             hiddens = torch.stack([r.hidden for r in self.rows])  # [B, H]
             drafted, _ = draft_trees(
                 self.heads, self.lm_head, self.embed, hiddens, [r.root for r in self.rows], self.cfg,
@@ -215,7 +229,7 @@ class BatchDecoder:
                 n = latency.best_budget([t.score[1:].sort(descending=True).values for t in trees])
                 trees = [top_nodes(t, n) for t in trees]
         t1 = _now(self.device)
-        drafting = drafting and trees[0].size > 1
+        drafting = drafting and any(t.size > 1 for t in trees)
         if drafting:
             ids, pos, visible, tokens, masks = self._tree_inputs(trees, tops, S)
         else:  # plain step: every row verifies its root alone
@@ -243,7 +257,12 @@ class BatchDecoder:
                 r.result.tree_sizes.append(n)
                 paths.append(path)
                 r.hidden, r.root, r.pos = hiddens[b, path[-1]], root, r.pos + path.numel()
-                if _emit(r.result, tokens[b][path[1:]].tolist() + [root], self.eos, r.cfg, r.on_tokens):
+                new = tokens[b][path[1:]].tolist() + [root]
+                if r.index is not None:
+                    if n > 1:
+                        r.index.observe(n - 1, path.numel() - 1)
+                    r.index.extend(new)
+                if _emit(r.result, new, self.eos, r.cfg, r.on_tokens):
                     finished.append(r)
             self.valid = compact_rows(self.cache, self.valid, S, paths)
         else:  # nothing to move in the cache: every row keeps its one new slot
@@ -254,6 +273,8 @@ class BatchDecoder:
                     r.result.predicted.append(1.0)
                 r.result.tree_sizes.append(1)
                 r.hidden, r.root, r.pos = hiddens[b, 0], root, r.pos + 1
+                if r.index is not None:
+                    r.index.extend([root])
                 if _emit(r.result, [root], self.eos, r.cfg, r.on_tokens):
                     finished.append(r)
             self.valid = F.pad(self.valid, (0, 1), value=True)

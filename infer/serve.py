@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .batch import BatchDecoder
-from .decode import DecodeConfig, tree_room
+from .decode import DRAFTERS, DecodeConfig, tree_room
 from .pipeline import Pipeline
 
 MAX_BODY_BYTES = 4 << 20  # a request body larger than this is refused (413) before anything parses it
@@ -130,7 +130,7 @@ class Engine:
             else None
         )
         self.decoder = BatchDecoder(pipe.model, pipe.heads if trees else None, cfg, pipe.eos, latency)
-        self.trees = trees and pipe.heads is not None
+        self.trees = trees and (pipe.heads is not None or cfg.drafter == "context")
         self.waiting: queue.Queue[Job] = queue.Queue()
         self.wake = threading.Event()
         self.stopped = False
@@ -456,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--served-model-name", default=None, help="the model id clients ask for (default: --model's)")
     add("--tree", choices=("dynamic", "static", "none"), default="dynamic", help="none: serve without trees")
+    add("--drafter", choices=DRAFTERS, default="heads",
+        help="who proposes each row's tree: the heads, or the row's own context (prompt lookup, no heads)")  # fmt: skip
     add("--node-budget", default="auto", help="dynamic tree nodes per row, or auto (measured latency)")
     add("--max-nodes", type=int, default=32, help="the auto budget's upper bound")
     add("--max-batch", type=int, default=8, help="rows decoded together; more requests wait their turn")
@@ -495,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_batch < 1:
             raise PipelineError("--max-batch must be >= 1")
         _check_port(args.host, args.port)  # before minutes of loading, and before saying "serving on"
-        cfg = DecodeConfig(tree=args.tree, node_budget=args.max_nodes if auto else int(args.node_budget))
+        cfg = DecodeConfig(tree=args.tree, node_budget=args.max_nodes if auto else int(args.node_budget),
+                           drafter=args.drafter)  # fmt: skip
         pipe = load_pipeline(
             args.model,
             args.heads,

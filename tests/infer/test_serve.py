@@ -370,3 +370,33 @@ def test_a_busy_port_is_an_error_before_anything_loads(capsys):
             main(["--port", str(port), "--model", "/nonexistent/model"])  # the port is checked first
     assert f"cannot listen on 127.0.0.1:{port}" in str(e.value)
     assert "serving on" not in capsys.readouterr().out
+
+
+def test_a_server_with_the_context_drafter_answers_like_plain_decoding(folders):
+    """--drafter context: no heads; each row drafts from its own context; greedy answers equal plain decoding."""
+    from infer.serve import build_app
+
+    pipe = load_pipeline(str(folders / "model"), None, dtype="float32", config=DecodeConfig(drafter="context"),
+                         auto_budget=False, verbose=False)  # fmt: skip
+    assert pipe.heads is None
+    app = build_app(pipe, SERVED, max_batch=4)
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if srv.started:
+                break
+            time.sleep(0.05)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        question = "Repeat: the quick brown fox, the quick brown fox, the quick brown fox"
+        reply = client.chat.completions.create(
+            model=SERVED, messages=[{"role": "user", "content": question}], max_tokens=24
+        )
+        assert reply.choices[0].message.content == expected(pipe, question, 24)
+        assert reply.model_extra["medusa"]["trees"] is True
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+        app.state.engine.stop()
