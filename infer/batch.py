@@ -82,9 +82,7 @@ class BatchDecoder:
         from transformers import DynamicCache
 
         self.model, self.cfg = model, cfg or DecodeConfig()
-        self.context = (
-            self.cfg.tree != "none" and self.cfg.drafter == "context"
-        )  # each row's own prompt lookup
+        self.context = self.cfg.context  # each row drafts from its own context (prompt lookup)
         self.plain = self.cfg.tree == "none" or (heads is None and not self.context)
         self.heads = None if self.plain or self.context else heads
         self.eos = stop_ids(model) if eos is None else eos

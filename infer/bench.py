@@ -292,9 +292,6 @@ class Peer:
         self.proc.wait(timeout=60)
 
 
-PEERS = ("ov-genai", "ov-genai-prompt-lookup")
-
-
 def print_table(dtype: str, label: str, rows: dict) -> None:
     """vs HF: speedup over transformers' generate; vs plain: over our own plain loop; pred err: predicted over
     realised tokens/step - 1; identical: greedy output equal to plain decoding's."""

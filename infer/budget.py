@@ -42,7 +42,7 @@ WINDOW = 15  # observed/prior ratios kept per size class
 ANCHORS = (1, 2, 4, 8, 16, 32)  # tree sizes probed while decoding, fewest observations first
 RECHECK = 16  # while plain steps win, draft again every this many steps to see whether trees pay now
 UNPAID_RECHECK = (
-    64  # while trees cannot pay at all (batched), draft and probe a tree every this many x B steps
+    64  # while trees cannot pay at all (batched): draft and probe a tree every this many x B steps
 )
 PROBE_STEPS = (
     2,
@@ -293,28 +293,12 @@ def measure_latency(
 
 
 def _measure_engine_latency(engine, sizes, prefix_len: int, reps: int) -> LatencyProfile:
-    device = next(engine.model.parameters()).device
-    vocab = engine.lm_head.weight.shape[0]
-    g = torch.Generator().manual_seed(0)
-    engine.prefill(torch.randint(0, vocab, (1, prefix_len), generator=g).to(device), prefix_len + max(sizes))
-    logp = torch.randn(4, 8, generator=g).log_softmax(-1).sort(descending=True).values
-    steps = []
-    for T in sizes:
-        buf = tree_buffers(dynamic_tree(logp, T - 1))
-        ids = torch.randint(0, vocab, (buf.tree_mask.shape[0],), generator=g).to(device)
-        steps.append((ids, buf.position_offsets.to(device), buf.tree_mask.to(device)))
-    runs = [[] for _ in sizes]
-    for rep in range(reps + 1):  # round 0 warms up
-        for i, (ids, offsets, tree_mask) in enumerate(steps):
-            t0 = time.perf_counter()
-            _, logits = engine.step(ids, offsets, tree_mask) if ids.numel() > 1 else engine.step(ids)
-            logits.argmax(-1).tolist()
-            if rep:
-                runs[i].append(time.perf_counter() - t0)
-            engine.rewind(prefix_len)
+    from .engine import measure_engine
+
+    ms = measure_engine(engine, list(sizes), prefix_len, reps)
     return LatencyProfile(
         sizes=torch.tensor(list(sizes), dtype=torch.long),
-        seconds=torch.tensor([statistics.median(r) for r in runs], dtype=torch.float64),
+        seconds=torch.tensor(ms, dtype=torch.float64) / 1000,
         heads_seconds=0.0,
         key={},
     )

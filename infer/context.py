@@ -12,6 +12,7 @@ predicted tokens/step follows what this context actually yields.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -59,8 +60,8 @@ class ContextIndex:
         """The proposal as a tree: root + one node per token, each the child of the previous; scores are the
         running per-depth acceptance rates (smoothed towards 1/2), summed along the chain."""
         T = len(chain) + 1
-        rate = [(self.accepted[d] + 1) / (self.proposed[d] + 2) for d in range(1, T)]
-        score = [0.0] + list(torch.tensor([math.log(r) for r in rate]).cumsum(0).tolist())
+        logp = [math.log((self.accepted[d] + 1) / (self.proposed[d] + 2)) for d in range(1, T)]
+        score = [0.0, *itertools.accumulate(logp)]
         return Tree(
             parents=torch.arange(-1, T - 1, device=device).clamp(min=0),
             depth=torch.arange(T, device=device),

@@ -53,9 +53,7 @@ class DecodeConfig:
     beam: int | None = 8  # sequential heads: nodes of a depth that get children (None: node_budget, exact)
     min_mass: float = 0.25  # sequential heads: no deeper head call once the frontier's path probs sum below
     keep_hidden: bool = False  # record each tree step's root index and hidden state (calibration events)
-    drafter: str = (
-        "heads"  # "heads" or "context" (prompt lookup: a chain continuing the suffix's last occurrence)
-    )
+    drafter: str = "heads"  # "heads" or "context" (prompt lookup: the suffix's last continuation, a chain)
 
     def __post_init__(self):
         if self.drafter not in DRAFTERS:
@@ -72,6 +70,11 @@ class DecodeConfig:
             raise ValueError(f"depth must be >= 1 (heads used), got {self.depth}")
         if self.node_budget < 1 or self.top_m < 1 or self.max_new_tokens < 1:
             raise ValueError("node_budget, top_m and max_new_tokens must be >= 1")
+
+    @property
+    def context(self) -> bool:
+        """Trees come from the context drafter (no heads)."""
+        return self.tree != "none" and self.drafter == "context"
 
 
 @dataclass
@@ -212,7 +215,7 @@ def head_children(heads, lm_head, embed, d: int, hidden: torch.Tensor, paths: to
 def tree_room(cfg: DecodeConfig, heads) -> int:
     """Cache positions a tree step may add beyond the accepted tokens: 0 for plain decoding, else at most the
     node budget, and never more than the candidate paths that exist (sum over depths of top_m ** d)."""
-    if cfg.tree != "none" and cfg.drafter == "context":
+    if cfg.context:
         from .context import MAX_TOKENS
 
         return min(cfg.node_budget, MAX_TOKENS) + 1
@@ -321,7 +324,7 @@ def generate(
     eos = stop_ids(model) if eos is None else eos
     device = input_ids.device
     lm_head = model.get_output_embeddings()
-    context = cfg.tree != "none" and cfg.drafter == "context"
+    context = cfg.context
     heads = None if context else heads
     plain = cfg.tree == "none" or (heads is None and not context)
     static = None
@@ -334,9 +337,7 @@ def generate(
         static_buffers = tree_buffers(static)
     top_m = cfg.top_m if static is None else int(static.rank.max()) + 1
     embed = model.get_input_embeddings() if heads is not None and heads.sequential else None
-    depth = (
-        0 if heads is None else (heads.num_heads if cfg.depth is None else min(cfg.depth, heads.num_heads))
-    )
+    depth = 0 if heads is None else heads.num_heads if cfg.depth is None else min(cfg.depth, heads.num_heads)
     auto = (
         not plain and not context and static is None and cfg.latency is not None
     )  # per-step budget from the latency profile
@@ -346,9 +347,7 @@ def generate(
     # Prefill: logits only at the last position; the heads on its hidden state.
     L = input_ids.shape[1]
     room = tree_room(cfg, heads)
-    max_tree = (
-        engine.buckets[-1] if engine.buckets is not None else None
-    )  # a fixed-shape engine's largest step
+    max_tree = engine.buckets[-1] if engine.buckets is not None else None  # a fixed-shape engine's largest
     if max_tree is not None and room > 1:  # trees are cut to its largest step and padded to its buckets
         if static is not None and static.size > max_tree:
             raise ValueError(

@@ -5,15 +5,15 @@ cache themselves.
 - :class:`EagerEngine`: transformers' ``DynamicCache`` and any shape, as the model runs out of the box.
 - :class:`CompiledEngine`: a KV cache preallocated for the context it serves, and steps of a few fixed shapes
   (``buckets``: a tree of T nodes is padded to the next bucket with dummy nodes that see only themselves), each
-  compiled once by inductor with the weights frozen and the matmul kernels picked by measurement (inductor's
-  autotuning between its C++ GEMM template and oneDNN; on this CPU the template's 1-token bf16 GEMV is ~2x oneDNN's).
-  The attention mask is built inside the compiled step from the cache length and the tree mask; the accepted path is
-  moved in place inside the preallocated buffers. Compiled code is cached on disk (inductor's cache under the
-  toolkit's cache folder), so only the first start pays the compilation.
+  exported with ``torch.export`` and compiled ahead of time by AOTInductor, with the weights frozen and the matmul
+  kernels picked by measurement (inductor's autotuning between its C++ GEMM template and oneDNN; on this CPU the
+  template's 1-token bf16 GEMV is ~2x oneDNN's). The attention mask is built inside the compiled step from the cache
+  length and the tree mask; the accepted path is moved in place inside the preallocated buffers. The packages are
+  cached on disk under the toolkit's cache, so only the first start pays the compilation.
 
 Both drive the unmodified ``AutoModelForCausalLM`` (4-D masks, explicit position ids): the model stays the source of
-truth for weights and architecture. ``make_engine("auto")`` picks compiled only where it was built and measured
-faster on this machine (:mod:`infer.engine_build`), else eager, and says why.
+truth for weights and architecture. ``make_engine("auto")`` picks compiled only where a build here measured it
+faster (:func:`build_compiled`), else eager, and says why.
 """
 
 from __future__ import annotations
@@ -108,9 +108,8 @@ class _CacheWriter:
         v.index_copy_(2, self.slots, value_states)
         return k[:, :, : self.view], v[:, :, : self.view]
 
-    def get_seq_length(
-        self, layer_idx: int = 0
-    ) -> int:  # asked only when position ids are missing; never here
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Asked only when position ids are missing, which never happens here."""
         raise EngineError("the preallocated cache needs explicit position ids")
 
 
@@ -179,13 +178,11 @@ class CompiledEngine:
         self.layers, self.kv_heads, self.head_dim = cache_shape(model)
         self.kv: list[torch.Tensor] = []  # every layer's keys, then every layer's values [1, kv_heads, S, D]
         self.length = 0
+        self._eye = {b: torch.eye(b, dtype=torch.bool, device=self.device) for b in self.buckets}
         if backend == "inductor":  # traced lazily at the first call: the model keeps eager attention
-            self._set_attention()
+            _set_eager_attention(model)
         self.module = StepModule(model).eval()
         self.steps = {b: self._load_or_build(b) for b in self.buckets}
-
-    def _set_attention(self):
-        _set_eager_attention(self.model)
 
     @property
     def capacity(self) -> int:
@@ -200,10 +197,8 @@ class CompiledEngine:
     # ------------------------------------------------------------------------------------------ building
     def _example(self, Tb: int, S: int = 2 * CAPACITY_STEP):
         dev = self.device
-        kv = [torch.zeros(1, self.kv_heads, S, self.head_dim, device=dev, dtype=self.dtype)] * (
-            2 * self.layers
-        )
-        kv = [t.clone() for t in kv]
+        shape = (1, self.kv_heads, S, self.head_dim)
+        kv = [torch.zeros(shape, device=dev, dtype=self.dtype) for _ in range(2 * self.layers)]
         ids = torch.zeros(1, Tb, dtype=torch.long, device=dev)
         pos = torch.arange(Tb, device=dev)[None] + 7
         tree = torch.ones(Tb, Tb, dtype=torch.bool, device=dev).tril()
@@ -259,13 +254,16 @@ class CompiledEngine:
         if self.length + Tb > self.capacity:
             raise EngineError(f"the cache of {self.capacity} slots is full (prefill with a larger capacity)")
         dev = self.device
-        ids = tokens[:1].expand(1, Tb).clone()  # padding nodes: copies of the root that see only themselves
-        ids[0, :T] = tokens
         pos = torch.full((1, Tb), self.length, dtype=torch.long, device=dev)
-        vis = torch.eye(Tb, dtype=torch.bool, device=dev)
-        if tree_mask is not None:
-            pos[0, :T] += offsets
-            vis[:T, :T] = tree_mask
+        if tree_mask is None and T == Tb:  # a plain step: nothing to pad
+            ids, vis = tokens[None], self._eye[Tb]
+        else:  # padding nodes: copies of the root that see only themselves
+            ids = tokens[:1].repeat(Tb)[None]
+            ids[0, :T] = tokens
+            vis = self._eye[Tb].clone()
+            if tree_mask is not None:
+                pos[0, :T] += offsets
+                vis[:T, :T] = tree_mask
         start = torch.tensor(self.length, device=dev)
         hidden, logits = self.steps[Tb](ids, pos, vis, start, *self.kv)
         self.pending = T
@@ -291,17 +289,20 @@ BACKENDS = ("aoti", "inductor")
 
 
 def package_folder(model, autotune: bool) -> str:
-    """Where this model's compiled steps live: one folder per (model, dtype, device, threads, torch, CPU)."""
-    import hashlib
-    import json
-
+    """Where this model's compiled steps live: one folder per (model, weights, dtype, device, threads, torch, CPU)."""
     from .base import cache_root
     from .budget import profile_key
 
     key = profile_key(model, next(model.parameters()).device) | {"autotune": autotune, "format": 1}
     key["weights"] = weights_fingerprint(model)  # the packages hold frozen weights: new weights, new packages
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return os.path.join(cache_root(), "engine", digest)
+    return os.path.join(cache_root(), "engine", _digest(key))
+
+
+def _digest(key: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def weights_fingerprint(model) -> str:
@@ -345,15 +346,11 @@ def _build_package(module, example, path: str, autotune: bool, verbose: bool, Tb
 
 # ------------------------------------------------------------------------------------------- choosing one
 def _record_path(model, buckets) -> tuple[str, dict]:
-    import hashlib
-    import json
-
     from .base import cache_root
     from .budget import profile_key
 
     key = profile_key(model, next(model.parameters()).device) | {"buckets": list(buckets)}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return os.path.join(cache_root(), "engine", f"engine-{digest}.json"), key
+    return os.path.join(cache_root(), "engine", f"engine-{_digest(key)}.json"), key
 
 
 def read_record(model, buckets=DEFAULT_BUCKETS) -> dict | None:
@@ -378,7 +375,8 @@ def _cost(ms: list[float]) -> float:
 
 @torch.no_grad()
 def measure_engine(engine, buckets, prefix_len: int = 128, reps: int = 5) -> list[float]:
-    """Median milliseconds of one step per bucket (interleaved repetitions, after a warm-up round)."""
+    """Median milliseconds of one step of each size in ``buckets`` (a chain of that many tokens), after a
+    ``prefix_len``-token prompt: interleaved repetitions (a burst of load hits all sizes alike), a warm-up round."""
     import statistics
     import time
 
@@ -428,8 +426,8 @@ def _ms(values) -> str:
 
 
 def make_engine(model, name: str = "auto", buckets=DEFAULT_BUCKETS, verbose: bool = True, **options):
-    """-> (engine, one-line reason). ``eager``: the eager engine. ``compiled``: build (or load from inductor's disk
-    cache) and measure the compiled engine; a failure falls back to eager with the reason. ``auto``: compiled where
+    """-> (engine, one-line reason). ``eager``: the eager engine. ``compiled``: build (or load from the disk cache)
+    and measure the compiled engine; a failure falls back to eager with the reason. ``auto``: compiled where
     a build here measured it faster, else eager (never compiles by itself: the first build takes minutes)."""
     if name not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {name!r}")

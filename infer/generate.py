@@ -226,8 +226,7 @@ def run(args) -> int:
         convs = None  # interactive
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
 
-    context = cfg.drafter == "context" and cfg.tree != "none"
-    mode = "medusa" if heads is not None else ("context" if context else "plain")
+    mode = "medusa" if heads is not None else ("context" if cfg.context else "plain")
 
     def run_turn(messages: list[dict], where: dict | None = None) -> str:
         ids = pipe.encode(messages, not args.no_chat_template)

@@ -91,10 +91,7 @@ def choose_dtype(
             return getattr(torch, saved["dtype"]), saved["reason"] + " (cached)"
     if verbose:
         print("dtype auto: timing float32 and bfloat16 steps on this CPU (~10 s, once) ...", flush=True)
-    from .budget import (
-        measure_latency,
-        non_monotone,
-    )  # the step timer (interleaved, median); its sanity check
+    from .budget import measure_latency, non_monotone  # the step timer and its sanity check
 
     half = copy.deepcopy(model).to(torch.bfloat16)
     medians = {}

@@ -248,7 +248,7 @@ def load_pipeline(
     if verbose:
         print(f"engine {engine} -> {reason}", flush=True)
     loaded = None
-    if cfg.tree != "none" and cfg.drafter == "heads":
+    if cfg.tree != "none" and not cfg.context:
         loaded = load_heads(heads, base, heads_revision, name)
         cfg.calibration = load_calibration(loaded, heads, calibration, name)
         rank_acc = getattr(cfg.calibration, "rank_accuracy", None)

@@ -130,7 +130,7 @@ class Engine:
             else None
         )
         self.decoder = BatchDecoder(pipe.model, pipe.heads if trees else None, cfg, pipe.eos, latency)
-        self.trees = trees and (pipe.heads is not None or cfg.drafter == "context")
+        self.trees = trees and (pipe.heads is not None or cfg.context)
         self.waiting: queue.Queue[Job] = queue.Queue()
         self.wake = threading.Event()
         self.stopped = False
