@@ -251,6 +251,12 @@ def load_pipeline(
     if cfg.tree != "none" and not cfg.context:
         loaded = load_heads(heads, base, heads_revision, name)
         cfg.calibration = load_calibration(loaded, heads, calibration, name)
+        if step_engine.name == "compiled":  # the heads' drafting calls compiled too (built under "compiled")
+            from .compiled_heads import compile_heads
+
+            loaded, heads_reason = compile_heads(loaded, base, step_engine, engine == "compiled", verbose)
+            if verbose:
+                print(heads_reason, flush=True)
         rank_acc = getattr(cfg.calibration, "rank_accuracy", None)
         if cfg.tree == "static" and cfg.medusa_choices is None and rank_acc:
             # Medusa's recipe: grow the static tree on held-out per-rank accuracies (16 nodes under auto)
