@@ -37,6 +37,7 @@ from .backbone import (
     select_rows,
     stop_ids,
 )
+from .context import observe_tree
 from .decode import (
     DEFAULT_CHOICES,
     DecodeConfig,
@@ -82,8 +83,9 @@ class BatchDecoder:
         from transformers import DynamicCache
 
         self.model, self.cfg = model, cfg or DecodeConfig()
-        self.context = self.cfg.context  # each row drafts from its own context (prompt lookup)
-        self.plain = self.cfg.tree == "none" or (heads is None and not self.context)
+        self.context = self.cfg.context  # each row drafts from its own context alone (prompt lookup)
+        self.use_context = self.cfg.context or self.cfg.hybrid  # ... alone or beside the heads, in one tree
+        self.plain = self.cfg.tree == "none" or (heads is None and not self.use_context)
         self.heads = None if self.plain or self.context else heads
         self.eos = stop_ids(model) if eos is None else eos
         self.decoder, self.lm_head = decoder_and_head(model)
@@ -104,6 +106,13 @@ class BatchDecoder:
                     )
                 self.static_buffers = tree_buffers(self.static)
         self.top_m = self.cfg.top_m if self.static is None else int(self.static.rank.max()) + 1
+        self.stats = (
+            None  # the context nodes' acceptance rates (infer.context.ContextStats), shared by the rows
+        )
+        if self.use_context:
+            from .context import ContextStats
+
+            self.stats = self.cfg.context_stats if self.cfg.context_stats is not None else ContextStats()
         self.rows: list[Row] = []
         self.cache = DynamicCache()
         self.valid = torch.zeros(0, 0, dtype=torch.bool, device=self.device)  # [B, S]: real slots of each row
@@ -142,7 +151,7 @@ class BatchDecoder:
         row.result.time_prefill = _now(self.device) - t0
         row.result.time_total = row.result.time_prefill
         row.done = _emit(row.result, [row.root], self.eos, cfg, on_tokens, step=False)
-        if self.context:
+        if self.use_context:
             from .context import ContextIndex
 
             row.index = ContextIndex(input_ids[0].tolist() + [row.root])
@@ -160,8 +169,7 @@ class BatchDecoder:
         """Each row's tree, padded to the biggest -> ids [B, T], position ids [B, T], visible [B, T, S + T]
         (a row sees its own valid slots and tree ancestors; padding nodes see only themselves), and per row its
         tree tokens [T_b] and tree mask [T_b, T_b]."""
-        fixed = self.static is not None and not self.heads.sequential  # the static tree's own buffers
-        buffers = [self.static_buffers if fixed else tree_buffers(t) for t in trees]
+        buffers = [self.static_buffers if t is self.static else tree_buffers(t) for t in trees]
         tokens = [tree_tokens(t, root_t, top) for t, (root_t, top, _) in zip(trees, tops)]
         B, T = len(trees), max(t.numel() for t in tokens)
         ids = torch.zeros(B, T, dtype=torch.long, device=self.device)
@@ -204,30 +212,39 @@ class BatchDecoder:
         t0 = _now(self.device)
         B, S = len(self.rows), self.valid.shape[1]
         latency = self.latency.for_batch(B) if self.latency is not None else None
-        drafting = not self.plain and (latency is None or latency.may_draft(B, self.depth))
-        trees, tops = [], []
-        if self.context:  # each row's continuation from its own context; rows without one verify their root
-            from .context import MAX_TOKENS
+        heads_now = self.heads is not None and (latency is None or latency.may_draft(B, self.depth))
+        roots = [torch.tensor(r.root, device=self.device) for r in self.rows]
+        chains, matches = [[] for _ in self.rows], [0] * B  # each row's continuation from its own context
+        if self.use_context:
+            from .context import MAX_TOKENS, union_tree
 
             k = min(self.cfg.node_budget, MAX_TOKENS)
-            trees = [r.index.chain_tree(r.index.propose(k), self.device) for r in self.rows]
-            tops = [(torch.tensor(r.root, device=self.device), None, None) for r in self.rows]
-        elif drafting:  # the heads run once for the whole batch (sequential heads: once per depth)
+            chains = [r.index.propose(k) for r in self.rows]
+            matches = [r.index.match for r in self.rows]
+        trees, tops = [None] * B, [(root, None, None) for root in roots]
+        if heads_now:  # the heads run once for the whole batch (sequential heads: once per depth)
             hiddens = torch.stack([r.hidden for r in self.rows])  # [B, H]
             drafted, _ = draft_trees(
                 self.heads, self.lm_head, self.embed, hiddens, [r.root for r in self.rows], self.cfg,
                 self.depth, self.top_m, self.static,
             )  # fmt: skip
             trees = [t for t, _, _ in drafted]
-            tops = [
-                (torch.tensor(r.root, device=self.device), tok, lp)
-                for r, (_, tok, lp) in zip(self.rows, drafted)
-            ]
-            if latency is not None:  # one budget for the batch: the n best paths of each row, summed tokens/s
-                n = latency.best_budget([t.score[1:].sort(descending=True).values for t in trees])
-                trees = [top_nodes(t, n) for t in trees]
+            tops = [(root, tok, lp) for root, (_, tok, lp) in zip(roots, drafted)]
+        if any(chains) or not heads_now:  # rows without a tree yet verify their root (+ their chain)
+            for b, chain in enumerate(chains):
+                if chain or trees[b] is None:
+                    drafted = (
+                        roots[b][None] if trees[b] is None else tree_tokens(trees[b], roots[b], tops[b][1])
+                    )
+                    trees[b] = union_tree(trees[b], drafted, chain, matches[b], self.stats)
+                    tops[b] = (roots[b], None, None)
+        if (
+            heads_now and latency is not None
+        ):  # one budget for the batch: each row's n best paths, summed tokens/s
+            n = latency.best_budget([t.score[1:].sort(descending=True).values for t in trees])
+            trees = [top_nodes(t, n) for t in trees]
         t1 = _now(self.device)
-        drafting = drafting and any(t.size > 1 for t in trees)
+        drafting = not self.plain and any(t.size > 1 for t in trees)
         if drafting:
             ids, pos, visible, tokens, masks = self._tree_inputs(trees, tops, S)
         else:  # plain step: every row verifies its root alone
@@ -256,9 +273,8 @@ class BatchDecoder:
                 paths.append(path)
                 r.hidden, r.root, r.pos = hiddens[b, path[-1]], root, r.pos + path.numel()
                 new = tokens[b][path[1:]].tolist() + [root]
+                observe_tree(tree, path, matches[b], self.stats, r.result.sources)
                 if r.index is not None:
-                    if n > 1:
-                        r.index.observe(n - 1, path.numel() - 1)
                     r.index.extend(new)
                 if _emit(r.result, new, self.eos, r.cfg, r.on_tokens):
                     finished.append(r)
@@ -288,7 +304,7 @@ class BatchDecoder:
             self.valid = pack_rows(self.cache, self.valid)
         t4 = _now(self.device)
         if latency is not None:  # fixed: the bookkeeping every step pays (masks, positions, cache moves)
-            latency.observe(T, t3 - t2, (t1 - t0) / B if drafting else None, (t2 - t1) + (t4 - t3))
+            latency.observe(T, t3 - t2, (t1 - t0) / B if heads_now else None, (t2 - t1) + (t4 - t3))
         for r in rows:  # per-row time: the batch's step time is every row's wall clock
             r.result.time_heads += t1 - t0
             r.result.time_tree += t2 - t1

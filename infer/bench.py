@@ -23,6 +23,7 @@ PNG chart and an acceptance-length histogram. ``--corrupt-profile`` multiplies t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ from .backbone import stop_ids
 from .base import DEFAULT_MODEL, load_base_model
 from .baselines import BASELINES, run_baseline
 from .budget import DEFAULT_SIZES, load_or_measure
+from .context import ContextStats
 from .decode import DEFAULT_CHOICES, DecodeConfig, DecodeResult, generate
 from .engine import ENGINES, make_engine
 from .pipeline import SHIPPED_HEADS, PipelineError, encode, load_calibration, load_heads, read_prompts
@@ -77,8 +79,8 @@ def parse_args(argv=None):
         "--modes",
         nargs="+",
         default=["hf-generate", "hf-prompt-lookup", "plain", "static:16", "dynamic-cal:16", "auto"],
-        help="hf-generate, hf-prompt-lookup, plain, context, static:N, dynamic-raw:N, dynamic-cal:N, auto "
-        "(default: %(default)s)",
+        help="hf-generate, hf-prompt-lookup, plain, context, static:N, dynamic-raw:N, dynamic-cal:N, auto, hybrid "
+        "(auto's heads and the context in one tree); MODE@ENGINE runs a mode on another engine (default: %(default)s)",
     )
     p.add_argument(
         "--engine",
@@ -169,11 +171,33 @@ def build_modes(
     return modes
 
 
+def _latency(args, model, heads, engine):
+    """The auto budget's latency profile for ``heads`` (None: the context's chains) on ``engine``."""
+    sizes = [t for t in DEFAULT_SIZES if t <= args.max_nodes + 1]
+    if engine is not None and engine.buckets is not None:
+        sizes = [t for t in sizes if t <= engine.buckets[-1]]
+    return load_or_measure(
+        model, heads, model.device, sizes=sizes, force=args.remeasure, verbose=True, engine=engine
+    )
+
+
+_COMPILED_HEADS: dict[int, tuple] = {}  # id(heads) -> (their compiled wrapper, the heads)
+
+
 def _build_mode(args, model, heads, cal, cheap, prefix, baselines, spec, common, engine) -> dict[str, tuple]:
     """One --modes entry (without its @engine) -> {mode name: (heads or None, DecodeConfig or baseline name)}."""
     modes = {}
     name, _, n = spec.partition(":")
     n = int(n) if n else 16
+    if heads is not None and getattr(engine, "name", "eager") == "compiled":  # the heads' calls compiled too
+        from .compiled_heads import compile_heads
+
+        if id(heads) not in _COMPILED_HEADS:  # (the heads held too: their id stays theirs)
+            _COMPILED_HEADS[id(heads)] = (
+                compile_heads(heads, model, engine, build=True, verbose=True)[0],
+                heads,
+            )
+        heads = _COMPILED_HEADS[id(heads)][0]
     if name in BASELINES or name == "plain":
         if baselines:
             cfg = DecodeConfig(tree="none", max_new_tokens=args.max_new_tokens)
@@ -187,8 +211,14 @@ def _build_mode(args, model, heads, cal, cheap, prefix, baselines, spec, common,
             choices = [c for c in DEFAULT_CHOICES if len(c) <= heads.num_heads]
             spec = prefix + "static:medusa-default"
         modes[spec] = (heads, DecodeConfig(tree="static", medusa_choices=choices, **common))
-    elif name == "context":  # prompt lookup: the context's continuation as a chain, no heads
-        modes[spec] = (None, DecodeConfig(drafter="context", max_new_tokens=args.max_new_tokens))
+    elif (
+        name == "context"
+    ):  # prompt lookup: the context's continuation as a chain, no heads, cut by the budget
+        cfg = DecodeConfig(
+            drafter="context", max_new_tokens=args.max_new_tokens, context_stats=ContextStats(),
+            latency=_latency(args, model, None, engine),
+        )  # fmt: skip
+        modes[spec] = (None, cfg)
     elif name == "dynamic-raw":
         modes[spec] = (heads, DecodeConfig(tree="dynamic", node_budget=n, **common))
     elif name == "dynamic-cal":
@@ -197,18 +227,14 @@ def _build_mode(args, model, heads, cal, cheap, prefix, baselines, spec, common,
                 "error: dynamic-cal needs calibration.json beside the heads (python -m train.calibrate)"
             )
         modes[spec] = (heads, DecodeConfig(tree="dynamic", node_budget=n, calibration=cal, **common))
-    elif name == "auto":
+    elif name in ("auto", "hybrid"):  # hybrid: the heads and the context in one tree, auto budget
         h, c = cheap if cheap is not None else (heads, cal)
-        sizes = [t for t in DEFAULT_SIZES if t <= args.max_nodes + 1]
-        if engine is not None and engine.buckets is not None:
-            sizes = [t for t in sizes if t <= engine.buckets[-1]]
-        latency = load_or_measure(
-            model, h, model.device, sizes=sizes, force=args.remeasure, verbose=True, engine=engine
-        )
-        latency = corrupt(latency, args.corrupt_profile)
+        latency = corrupt(_latency(args, model, h, engine), args.corrupt_profile)
         cfg = DecodeConfig(
             tree="dynamic", node_budget=args.max_nodes, calibration=c, latency=latency, **common
         )
+        if name == "hybrid":
+            cfg = dataclasses.replace(cfg, drafter="heads,context", context_stats=ContextStats())
         modes[spec] = (h, cfg)
     else:
         raise SystemExit(f"error: unknown mode {spec!r}")
@@ -220,6 +246,7 @@ class Totals:
         self.tokens = self.steps = self.identical = self.runs = 0
         self.time = self.tree = self.heads = self.predicted = self.nodes = 0.0
         self.hist: dict[int, int] = {}
+        self.sources: dict[str, int] = {}  # accepted draft tokens by who proposed them
 
     def add(self, r: DecodeResult, same: bool):
         self.runs += 1
@@ -233,6 +260,8 @@ class Totals:
         self.identical += same
         for a in r.accept_lengths:
             self.hist[a] = self.hist.get(a, 0) + 1
+        for k, v in r.sources.items():
+            self.sources[k] = self.sources.get(k, 0) + v
 
     def row(self) -> dict:
         return {
@@ -244,6 +273,7 @@ class Totals:
             "nodes_per_step": self.nodes / self.steps if self.steps else None,
             "identical": f"{self.identical}/{self.runs}",
             "accept_hist": dict(sorted(self.hist.items())),
+            "accepted_by_source": dict(sorted(self.sources.items())),
         }
 
 

@@ -99,19 +99,30 @@ class LatencyProfile:
         [N_b] per row -> the n* of every row's tree (tokens/s summed over the rows; a profile of that batch size)."""
         self.steps += 1
         rows = sorted_logp if isinstance(sorted_logp, list) else [sorted_logp]
+        n, rate = self._rates(rows, drafted=True)
+        best = int(rate.argmax())
+        self.skipping, self.skipped = bool(n[best] == 0), 0
+        i = self._probe(max(2, 2 * int(self.sizes[best])))
+        return int(n[best if i is None else i])
+
+    def chain_budget(self, sorted_logp: torch.Tensor) -> int:
+        """The same choice for a tree that cost (almost) nothing to draft — the context's chain alone: [N]
+        descending path log-probs -> n* (0: a plain step pays more). No probes, no change to the heads' skipping."""
+        n, rate = self._rates([sorted_logp], drafted=False)
+        return int(n[int(rate.argmax())])
+
+    def _rates(self, rows: list[torch.Tensor], drafted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (n [S]: nodes of each size, expected tokens/s [S]) for rows of sorted path log-probs."""
         N = min(r.numel() for r in rows)
         # [N + 1]: E(n) - B, the expected extra tokens of the n best nodes, summed over the rows
         probs = sum(torch.cat([r.new_zeros(1), r[:N].exp().cumsum(0)]).double().cpu() for r in rows)
         n = (self.sizes - 1).clamp(max=N)  # [S]
         est, overhead = self._costs(len(rows))
-        rate = (len(rows) + probs[n]) / (est + overhead)
+        rate = (len(rows) + probs[n]) / (est + (overhead if drafted else 0.0))
         # a plain step pays no drafting cost; a tree must beat it by the calibration's known optimism (predicted
         # tokens/step run a few per cent high), else near-ties pick trees that then lose
         rate[n == 0] = PLAIN_MARGIN * len(rows) / est[n == 0]
-        best = int(rate.argmax())
-        self.skipping, self.skipped = bool(n[best] == 0), 0
-        i = self._probe(max(2, 2 * int(self.sizes[best])))
-        return int(n[best if i is None else i])
+        return n, rate
 
     def _costs(self, batch: int) -> tuple[torch.Tensor, float]:
         """-> ([S] seconds of a step per tree size, bookkeeping included; seconds of drafting for ``batch`` rows)."""

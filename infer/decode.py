@@ -30,7 +30,11 @@ from .tree import (
 
 ACCEPTANCE = ("greedy", "typical", "sample")
 TREES = ("dynamic", "static", "none")
-DRAFTERS = ("heads", "context")  # who proposes the tree: the heads, or the context's own continuations
+DRAFTERS = (
+    "heads",
+    "context",
+    "heads,context",
+)  # who proposes the tree: the heads, the context, or both in one
 
 # A small static tree (paths of per-head ranks) used when --tree static is asked without a choice list.
 DEFAULT_CHOICES = [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 0, 0, 0)]
@@ -53,9 +57,16 @@ class DecodeConfig:
     beam: int | None = 8  # sequential heads: nodes of a depth that get children (None: node_budget, exact)
     min_mass: float = 0.25  # sequential heads: no deeper head call once the frontier's path probs sum below
     keep_hidden: bool = False  # record each tree step's root index and hidden state (calibration events)
-    drafter: str = "heads"  # "heads" or "context" (prompt lookup: the suffix's last continuation, a chain)
+    drafter: str = (
+        "heads"  # "heads", "context" (prompt lookup: a chain) or "heads,context" (one tree over both)
+    )
+    context_stats: object | None = (
+        None  # infer.context.ContextStats shared across requests (None: per request)
+    )
 
     def __post_init__(self):
+        if isinstance(self.drafter, str) and set(self.drafter.split(",")) == {"heads", "context"}:
+            self.drafter = "heads,context"  # either order
         if self.drafter not in DRAFTERS:
             raise ValueError(f"drafter must be one of {DRAFTERS}, got {self.drafter!r}")
         if self.tree not in TREES:
@@ -73,8 +84,13 @@ class DecodeConfig:
 
     @property
     def context(self) -> bool:
-        """Trees come from the context drafter (no heads)."""
+        """Trees come from the context drafter alone (no heads)."""
         return self.tree != "none" and self.drafter == "context"
+
+    @property
+    def hybrid(self) -> bool:
+        """Trees over the heads' candidates and the context's continuation together."""
+        return self.tree != "none" and self.drafter == "heads,context"
 
 
 @dataclass
@@ -88,6 +104,9 @@ class DecodeResult:
     time_verify: float = 0.0  # tree forward passes
     predicted: list[float] = field(default_factory=list)  # expected tokens/step predicted by the tree scores
     tree_sizes: list[int] = field(default_factory=list)  # nodes verified per step, root included
+    sources: dict = field(
+        default_factory=dict
+    )  # accepted draft tokens by who proposed them (heads/context/both)
     roots: list[int] = field(default_factory=list)  # keep_hidden: index in tokens of each tree step's root
     hiddens: list[torch.Tensor] = field(
         default_factory=list
@@ -215,16 +234,15 @@ def head_children(heads, lm_head, embed, d: int, hidden: torch.Tensor, paths: to
 def tree_room(cfg: DecodeConfig, heads) -> int:
     """Cache positions a tree step may add beyond the accepted tokens: 0 for plain decoding, else at most the
     node budget, and never more than the candidate paths that exist (sum over depths of top_m ** d)."""
-    if cfg.context:
-        from .context import MAX_TOKENS
+    from .context import MAX_TOKENS
 
-        return min(cfg.node_budget, MAX_TOKENS) + 1
-    if cfg.tree == "none" or heads is None:
-        return 0
+    chain = min(cfg.node_budget, MAX_TOKENS) if cfg.context or cfg.hybrid else 0  # the context's chain
+    if cfg.tree == "none" or heads is None or cfg.context:
+        return chain + 1 if chain else 0
     depth = heads.num_heads if cfg.depth is None else min(cfg.depth, heads.num_heads)
     if cfg.tree == "static":
-        return len(cfg.medusa_choices or DEFAULT_CHOICES) + 1
-    return min(cfg.node_budget, sum(cfg.top_m**d for d in range(1, depth + 1))) + 1
+        return len(cfg.medusa_choices or DEFAULT_CHOICES) + 1 + chain
+    return min(cfg.node_budget, sum(cfg.top_m**d for d in range(1, depth + 1))) + 1 + chain
 
 
 def draft_tree(heads, lm_head, embed, hidden, root_t, cfg: DecodeConfig, depth: int, top_m: int, static=None):
@@ -324,11 +342,11 @@ def generate(
     eos = stop_ids(model) if eos is None else eos
     device = input_ids.device
     lm_head = model.get_output_embeddings()
-    context = cfg.context
-    heads = None if context else heads
-    plain = cfg.tree == "none" or (heads is None and not context)
+    use_context = cfg.context or cfg.hybrid  # the context proposes a chain (alone, or beside the heads)
+    heads = None if cfg.context else heads
+    plain = cfg.tree == "none" or (heads is None and not use_context)
     static = None
-    if not plain and not context and cfg.tree == "static":
+    if not plain and heads is not None and cfg.tree == "static":
         max_d = heads.num_heads if cfg.depth is None else min(cfg.depth, heads.num_heads)
         choices = cfg.medusa_choices or [c for c in DEFAULT_CHOICES if len(c) <= max_d]
         static = static_tree(choices)
@@ -338,9 +356,8 @@ def generate(
     top_m = cfg.top_m if static is None else int(static.rank.max()) + 1
     embed = model.get_input_embeddings() if heads is not None and heads.sequential else None
     depth = 0 if heads is None else heads.num_heads if cfg.depth is None else min(cfg.depth, heads.num_heads)
-    auto = (
-        not plain and not context and static is None and cfg.latency is not None
-    )  # per-step budget from the latency profile
+    budget = cfg.latency if not plain and static is None else None  # per-step budget from the latency profile
+    auto = budget is not None and heads is not None
     result = DecodeResult(tokens=[])
     t_start = _now(device)
 
@@ -360,25 +377,35 @@ def generate(
     root = _pick(logits, cfg, generator)
     result.time_prefill = _now(device) - t_start
     done = _emit(result, [root], eos, cfg, on_tokens, step=False)  # the prefill's token is not a decode step
-    index = None
-    if context:
-        from .context import MAX_TOKENS, ContextIndex
+    index = stats = None
+    if use_context:
+        from .context import MAX_TOKENS, ContextIndex, ContextStats, observe_tree, union_tree
 
         index = ContextIndex(input_ids[0].tolist() + [root])
+        stats = cfg.context_stats if cfg.context_stats is not None else ContextStats()
         chain_max = min(cfg.node_budget, MAX_TOKENS if max_tree is None else max_tree - 1)
+    else:
+        from .context import observe_tree
 
     while not done:
-        guess = index.propose(chain_max) if index is not None else None
-        if plain or (context and not guess) or (auto and not cfg.latency.want_draft()):  # a plain step
-            t0 = _now(device)
+        t0 = _now(device)
+        guess = index.propose(chain_max) if index is not None else []
+        heads_now = heads is not None and not plain and (not auto or budget.want_draft())
+        chain = None  # the context's chain alone, when the heads do not draft this step
+        if guess and not heads_now:
+            chain = union_tree(None, torch.tensor([root], device=device), guess, index.match, stats)
+            if budget is not None:  # only the nodes whose expected tokens pay for the bigger step
+                chain = top_nodes(chain, budget.chain_budget(chain.score[1:]))
+            chain = chain if chain.size > 1 else None
+        if plain or (not heads_now and chain is None):  # a plain step
             hiddens, logits = engine.step(torch.tensor([root], device=device))
             engine.accept()
             hidden = hiddens[0]
             root = _pick(logits[0], cfg, generator)
             result.time_verify += _now(device) - t0
             if not plain:
-                if auto:
-                    cfg.latency.observe(1, _now(device) - t0)
+                if budget is not None:
+                    budget.observe(1, _now(device) - t0)
                 result.tree_sizes.append(1)
                 result.predicted.append(1.0)
             done = _emit(result, [root], eos, cfg, on_tokens)
@@ -386,24 +413,24 @@ def generate(
                 index.extend([root])
             continue
 
-        t0 = _now(device)
         root_t = torch.tensor(root, device=device)
-        if context:  # the context's continuation, as a chain
-            tree, top_tokens, top_logp, heads_s = index.chain_tree(guess, device), None, None, 0.0
-        else:
+        tree, top_tokens, top_logp, heads_s = chain, None, None, 0.0
+        if heads_now:
             tree, top_tokens, top_logp, heads_s = draft_tree(
                 heads, lm_head, embed, hidden, root_t, cfg, depth, top_m, static
             )
+            if guess:  # the context's continuation joins the heads' tree
+                drafted = tree_tokens(tree, root_t, top_tokens)
+                tree, top_tokens, top_logp = union_tree(tree, drafted, guess, index.match, stats), None, None
         t1 = t0 + heads_s
-        if static is not None and not heads.sequential:
-            buffers = static_buffers
-        else:
-            if auto:  # auto budget: the n best paths with the best tokens/s
-                n = cfg.latency.best_budget(tree.score[1:].sort(descending=True).values)
+        fixed = static is not None and not (heads_now and guess)  # the static tree as it is: its own buffers
+        if not fixed:
+            if auto and heads_now:  # auto budget: the n best paths with the best tokens/s
+                n = budget.best_budget(tree.score[1:].sort(descending=True).values)
                 tree = top_nodes(tree, n)
             if max_tree is not None and tree.size > max_tree:
                 tree = top_nodes(tree, max_tree - 1)
-            buffers = static_buffers if static is not None else tree_buffers(tree)
+        buffers = static_buffers if fixed else tree_buffers(tree)
         if cfg.keep_hidden:
             result.roots.append(len(result.tokens) - 1)
             result.hiddens.append(hidden.detach().float().cpu())
@@ -422,12 +449,12 @@ def generate(
         result.time_heads += t1 - t0
         result.time_tree += t2 - t1  # sequential heads: t1 = t0 + the heads' share of building the tree
         result.time_verify += t3 - t2
-        if auto:  # the budget learns from real steps
-            cfg.latency.observe(tree.size, t3 - t2, t2 - t0)
+        if budget is not None:  # the budget learns from real steps (drafting cost: the heads' trees)
+            budget.observe(tree.size, t3 - t2, t2 - t0 if heads_now else None)
         new = tokens[path[1:]].tolist() + [root]
         done = _emit(result, new, eos, cfg, on_tokens)
+        observe_tree(tree, path, index.match if index is not None else 0, stats, result.sources)
         if index is not None:
-            index.observe(tree.size - 1, path.numel() - 1)
             index.extend(new)
     result.time_total = _now(device) - t_start
     return result

@@ -101,11 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument(
+        "--drafters",
         "--drafter",
+        dest="drafter",
         choices=DRAFTERS,
         default="heads",
-        help="who proposes the tree: the heads (default) or the context (prompt lookup: the continuation of the "
-        "current suffix's last occurrence in the prompt and the answer so far, as a chain; no heads needed)",
+        help="who proposes the tree: the heads (default), the context (prompt lookup: the continuation of the "
+        "current suffix's last occurrence in the prompt and the answer so far, as a chain; no heads needed), or "
+        "heads,context (one tree over both, ranked by calibrated acceptance probabilities)",
     )
     p.add_argument(
         "--engine",

@@ -243,6 +243,12 @@ def load_pipeline(
     check_device(device)
     name = model or DEFAULT_MODEL
     cfg = config or DecodeConfig(node_budget=max_nodes)
+    if (
+        cfg.context or cfg.hybrid
+    ) and cfg.context_stats is None:  # the context nodes' acceptance, across requests
+        from .context import ContextStats
+
+        cfg.context_stats = ContextStats()
     base, tokenizer = load_base_model(model, dtype, revision, trust_remote_code, device, verbose=verbose)
     step_engine, reason = make_engine(base, engine, verbose=verbose)
     if verbose:
@@ -262,16 +268,16 @@ def load_pipeline(
             # Medusa's recipe: grow the static tree on held-out per-rank accuracies (16 nodes under auto)
             n = 16 if auto_budget else cfg.node_budget
             cfg.medusa_choices = sparse_tree_from_accuracies(rank_acc[: cfg.depth or len(rank_acc)], n)
-        if cfg.tree == "dynamic" and auto_budget:
-            from .budget import DEFAULT_SIZES, load_or_measure
+    if (
+        cfg.tree == "dynamic" and auto_budget and (loaded is not None or cfg.context)
+    ):  # context: chains cut too
+        from .budget import DEFAULT_SIZES, load_or_measure
 
-            top = (
-                max_nodes + 1 if step_engine.buckets is None else min(max_nodes + 1, step_engine.buckets[-1])
-            )
-            sizes = [t for t in DEFAULT_SIZES if t <= top]
-            cfg.latency = load_or_measure(
-                base, loaded, device, sizes=sizes, force=remeasure, verbose=verbose, engine=step_engine
-            )
+        top = max_nodes + 1 if step_engine.buckets is None else min(max_nodes + 1, step_engine.buckets[-1])
+        sizes = [t for t in DEFAULT_SIZES if t <= top]
+        cfg.latency = load_or_measure(
+            base, loaded, device, sizes=sizes, force=remeasure, verbose=verbose, engine=step_engine
+        )
     template = None
     if loaded is not None:
         from .heads import resolve_heads_path

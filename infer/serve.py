@@ -456,8 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--served-model-name", default=None, help="the model id clients ask for (default: --model's)")
     add("--tree", choices=("dynamic", "static", "none"), default="dynamic", help="none: serve without trees")
-    add("--drafter", choices=DRAFTERS, default="heads",
-        help="who proposes each row's tree: the heads, or the row's own context (prompt lookup, no heads)")  # fmt: skip
+    add("--drafters", "--drafter", dest="drafter", choices=DRAFTERS, default="heads",
+        help="who proposes each row's tree: the heads, the row's own context (prompt lookup, no heads), or "
+        "heads,context (one tree over both)")  # fmt: skip
     add("--node-budget", default="auto", help="dynamic tree nodes per row, or auto (measured latency)")
     add("--max-nodes", type=int, default=32, help="the auto budget's upper bound")
     add("--max-batch", type=int, default=8, help="rows decoded together; more requests wait their turn")

@@ -43,6 +43,7 @@ class Tree:
     tokens: torch.Tensor | None = (
         None  # [T] long: token ids when the builder drafted them (root: placeholder)
     )
+    source: torch.Tensor | None = None  # [T] long: who proposed each node (infer.context.SOURCES), when mixed
 
     @property
     def size(self) -> int:
@@ -290,4 +291,5 @@ def top_nodes(tree: Tree, num_nodes: int) -> Tree:
         rank=tree.rank[keep],
         score=tree.score[keep],
         tokens=pick(tree.tokens),
+        source=pick(tree.source),
     )

@@ -2,14 +2,16 @@
 with it equals plain greedy decoding on every tiny architecture, on the eager and the compiled engine."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
-from infer.context import ContextIndex
+from infer.context import BOTH, CONTEXT, HEADS, ContextIndex, ContextStats, observe_tree, union_tree
 from infer.decode import DecodeConfig, generate
 from infer.engine import CompiledEngine
-from tests.tiny import FAMILIES, oracle_setup
+from infer.tree import Tree, top_nodes
+from tests.tiny import FAMILIES, oracle_setup, sequential_oracle
 
 NEW = 24
 
@@ -27,14 +29,54 @@ def test_longest_match_first_and_incremental():
 
 
 def test_chain_scores_follow_observed_acceptance():
-    ix = ContextIndex([1, 2, 1])
-    fresh = ix.chain_tree([2, 1, 2], "cpu")
+    stats = ContextStats()
+    root = torch.tensor([0])
+    fresh = union_tree(None, root, [2, 1, 2], 3, stats)
     assert torch.allclose(fresh.score.exp(), torch.tensor([1.0, 0.5, 0.25, 0.125]))
     assert fresh.parents.tolist() == [0, 0, 1, 2] and fresh.tokens.tolist() == [0, 2, 1, 2]
-    for _ in range(8):
-        ix.observe(3, 1)  # depth 1 always accepted, depth 2 never
-    tree = ix.chain_tree([2, 1, 2], "cpu")
-    assert tree.score.exp()[1] > 0.85 and tree.score.exp()[2] < 0.1
+    assert fresh.source.tolist() == [0, CONTEXT, CONTEXT, CONTEXT]
+    counts = {}
+    for _ in range(8):  # depth 1 always accepted, depth 2 never (depth 3: its parent rejected, not an event)
+        observe_tree(fresh, torch.tensor([0, 1]), 3, stats, counts)
+    assert counts == {"context": 8}
+    tree = union_tree(None, root, [2, 1, 2], 3, stats)
+    assert tree.score.exp()[1] > 0.85 and (tree.score[2] - tree.score[1]).exp() < 0.15
+    assert stats.rate("context", 3, 3) == 0.5  # never verified with its parent accepted: still the prior
+    assert union_tree(None, root, [2, 1, 2], 1, stats).score.exp()[1] == 0.5  # a 1-gram match: its own cells
+
+
+def test_union_tree_shares_nodes_both_propose():
+    """Heads tree root -> {5 (p .6) -> 7 (p .5), 6 (p .3)}; the chain 5, 8, 9 shares node 5 and grows 8, 9 below it."""
+    stats = ContextStats()
+    heads = Tree(
+        parents=torch.tensor([0, 0, 0, 1]),
+        depth=torch.tensor([0, 1, 1, 2]),
+        rank=torch.tensor([0, 0, 1, 0]),
+        score=torch.tensor([1.0, 0.6, 0.3, 0.3]).log(),
+    )
+    tokens = torch.tensor([4, 5, 6, 7])
+    tree = union_tree(heads, tokens, [5, 8, 9], 2, stats)
+    assert tree.tokens.tolist() == [4, 5, 6, 7, 8, 9] and tree.parents.tolist() == [0, 0, 0, 1, 1, 4]
+    assert tree.source.tolist() == [0, BOTH, HEADS, HEADS, CONTEXT, CONTEXT]
+    p = tree.score.exp()
+    assert torch.allclose(p[1], torch.tensor(2 / 3))  # the shared node: the "both" prior
+    assert torch.allclose(p[3], p[1] * 0.5) and torch.allclose(
+        p[2], torch.tensor(0.3)
+    )  # heads' own conditionals
+    assert torch.allclose(p[5], p[1] * 0.25)
+    kept = top_nodes(tree, 3)  # the budget cut ranks both sources together and keeps who proposed what
+    assert kept.tokens.tolist() == [4, 5, 7, 8] and kept.source.tolist() == [
+        0,
+        BOTH,
+        HEADS,
+        CONTEXT,
+    ]  # p .33 .33
+    counts = {}
+    observe_tree(tree, torch.tensor([0, 1, 4]), 2, stats, counts)
+    assert counts == {"both": 1, "context": 1}
+    assert stats.rate("both", 2, 1) > 2 / 3  # 5 accepted
+    assert stats.counts[("context", 2, 2)] == [1.0, 1.0]  # 8 accepted
+    assert stats.counts[("context", 2, 3)] == [0.0, 1.0]  # 9 rejected, its parent accepted: an event
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -85,3 +127,60 @@ def test_batched_context_drafting_equals_batch_one(family):
         plain = generate(model, ids, None, DecodeConfig(tree="none", max_new_tokens=NEW), eos=set())
         assert r.tokens == plain.tokens, f"{family}: row {b} diverged from its batch-1 greedy output"
     assert max(max(r.tree_sizes) for r in out) > 1  # chains were verified in the batch
+
+
+HYBRID = [
+    DecodeConfig(drafter="heads,context", node_budget=7, top_m=4, max_new_tokens=NEW),
+    DecodeConfig(
+        drafter="context,heads", tree="static", max_new_tokens=NEW, medusa_choices=[[0], [1], [0, 0]]
+    ),
+]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hybrid_drafting_is_lossless(family):
+    """One tree over the heads' candidates and the context's chain: greedy output equals plain greedy decoding, on
+    prompts where the heads know the answer and on prompts whose answer is in the context; both sources score."""
+    _, model, heads, prompts, conts = oracle_setup(family, num_prompts=4, new_tokens=NEW, seed=5)
+    sources = {}
+    for prompt, ref in zip(prompts, conts):
+        for ids in (prompt, torch.cat([prompt, ref[None], prompt], 1)):
+            plain = generate(model, ids, None, DecodeConfig(tree="none", max_new_tokens=NEW), eos=set())
+            for cfg in HYBRID:
+                out = generate(model, ids, heads, cfg, eos=set())
+                assert out.tokens == plain.tokens, (
+                    f"{family} {cfg.tree}: hybrid drafting diverged from plain greedy"
+                )
+                for k, v in out.sources.items():
+                    sources[k] = sources.get(k, 0) + v
+                assert (
+                    sum(out.sources.values()) + out.steps >= len(out.tokens) - 1
+                )  # every accepted draft token has a source (the last step may be cut at max_new_tokens)
+    assert sources.get("heads", 0) > 0 and sources.get("context", 0) + sources.get("both", 0) > 0, sources
+
+
+def test_hybrid_with_sequential_heads_compiled_engine_batch_and_sampling():
+    family, model, heads, prompts, conts = oracle_setup("llama", num_prompts=4, new_tokens=NEW, seed=6)
+    model = copy.deepcopy(model)
+    _, _, seq, _, _ = sequential_oracle((family, model, heads, prompts, conts))
+    rows = [torch.cat([p, c[None], p], 1) if i % 2 else p for i, (p, c) in enumerate(zip(prompts, conts))]
+    plains = [
+        generate(model, ids, None, DecodeConfig(tree="none", max_new_tokens=NEW), eos=set()).tokens
+        for ids in rows
+    ]
+    engine = CompiledEngine(model, buckets=(1, 4), backend="inductor")
+    cfg = HYBRID[0]
+    for ids, plain in zip(rows, plains):
+        assert generate(model, ids, seq, cfg, eos=set()).tokens == plain
+        out = generate(model, ids, heads, cfg, eos=set(), engine=engine)
+        assert out.tokens == plain and max(out.tree_sizes) <= 4
+    from infer.batch import generate_batch
+
+    for h in (heads, seq):
+        out = generate_batch(model, rows, h, cfg, eos=set())
+        assert [r.tokens for r in out] == plains  # every row equals its batch-1 greedy output
+        assert sum(sum(r.sources.values()) for r in out) > 0
+    sample = dataclasses.replace(cfg, acceptance="sample", temperature=1.0)
+    a = generate(model, rows[1], heads, sample, eos=set(), generator=torch.Generator().manual_seed(0))
+    b = generate(model, rows[1], heads, sample, eos=set(), generator=torch.Generator().manual_seed(0))
+    assert a.tokens == b.tokens and len(a.tokens) == NEW
