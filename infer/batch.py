@@ -37,7 +37,7 @@ from .backbone import (
     select_rows,
     stop_ids,
 )
-from .context import observe_tree
+from .context import MAX_TOKENS, observe_tree, union_tree
 from .decode import (
     DEFAULT_CHOICES,
     DecodeConfig,
@@ -216,8 +216,6 @@ class BatchDecoder:
         roots = [torch.tensor(r.root, device=self.device) for r in self.rows]
         chains, matches = [[] for _ in self.rows], [0] * B  # each row's continuation from its own context
         if self.use_context:
-            from .context import MAX_TOKENS, union_tree
-
             k = min(self.cfg.node_budget, MAX_TOKENS)
             chains = [r.index.propose(k) for r in self.rows]
             matches = [r.index.match for r in self.rows]
@@ -230,7 +228,9 @@ class BatchDecoder:
             )  # fmt: skip
             trees = [t for t, _, _ in drafted]
             tops = [(root, tok, lp) for root, (_, tok, lp) in zip(roots, drafted)]
-        if any(chains) or not heads_now:  # rows without a tree yet verify their root (+ their chain)
+        if not self.plain and (
+            any(chains) or not heads_now
+        ):  # rows without a tree: their root (+ their chain)
             for b, chain in enumerate(chains):
                 if chain or trees[b] is None:
                     drafted = (
@@ -238,6 +238,8 @@ class BatchDecoder:
                     )
                     trees[b] = union_tree(trees[b], drafted, chain, matches[b], self.stats)
                     tops[b] = (roots[b], None, None)
+            room = tree_room(self.cfg, self.heads)  # a union over the budget: its best nodes
+            trees = [top_nodes(t, room - 1) if t.size > room else t for t in trees]
         if (
             heads_now and latency is not None
         ):  # one budget for the batch: each row's n best paths, summed tokens/s

@@ -57,9 +57,8 @@ class DecodeConfig:
     beam: int | None = 8  # sequential heads: nodes of a depth that get children (None: node_budget, exact)
     min_mass: float = 0.25  # sequential heads: no deeper head call once the frontier's path probs sum below
     keep_hidden: bool = False  # record each tree step's root index and hidden state (calibration events)
-    drafter: str = (
-        "heads"  # "heads", "context" (prompt lookup: a chain) or "heads,context" (one tree over both)
-    )
+    # who drafts: "heads,context" (one tree over both), "heads", or "context" (prompt lookup: a chain, no heads)
+    drafter: str = "heads,context"
     context_stats: object | None = (
         None  # infer.context.ContextStats shared across requests (None: per request)
     )
@@ -241,8 +240,8 @@ def tree_room(cfg: DecodeConfig, heads) -> int:
         return chain + 1 if chain else 0
     depth = heads.num_heads if cfg.depth is None else min(cfg.depth, heads.num_heads)
     if cfg.tree == "static":
-        return len(cfg.medusa_choices or DEFAULT_CHOICES) + 1 + chain
-    return min(cfg.node_budget, sum(cfg.top_m**d for d in range(1, depth + 1))) + 1 + chain
+        return max(len(cfg.medusa_choices or DEFAULT_CHOICES), chain) + 1
+    return max(min(cfg.node_budget, sum(cfg.top_m**d for d in range(1, depth + 1))), chain) + 1
 
 
 def draft_tree(heads, lm_head, embed, hidden, root_t, cfg: DecodeConfig, depth: int, top_m: int, static=None):
@@ -414,22 +413,27 @@ def generate(
             continue
 
         root_t = torch.tensor(root, device=device)
-        tree, top_tokens, top_logp, heads_s = chain, None, None, 0.0
+        tree, top_tokens, top_logp, heads_s, n = chain, None, None, 0.0, None
         if heads_now:
             tree, top_tokens, top_logp, heads_s = draft_tree(
                 heads, lm_head, embed, hidden, root_t, cfg, depth, top_m, static
             )
+            if (
+                auto
+            ):  # auto budget: the n best paths with the best tokens/s (and: do the heads pay for themselves?)
+                n = budget.best_budget(tree.score[1:].sort(descending=True).values)
             if guess:  # the context's continuation joins the heads' tree
                 drafted = tree_tokens(tree, root_t, top_tokens)
                 tree, top_tokens, top_logp = union_tree(tree, drafted, guess, index.match, stats), None, None
+                if auto:  # the heads' cost is spent now: cut the union by what its nodes yield per step time
+                    n = budget.chain_budget(tree.score[1:].sort(descending=True).values)
         t1 = t0 + heads_s
         fixed = static is not None and not (heads_now and guess)  # the static tree as it is: its own buffers
         if not fixed:
-            if auto and heads_now:  # auto budget: the n best paths with the best tokens/s
-                n = budget.best_budget(tree.score[1:].sort(descending=True).values)
+            if n is not None:
                 tree = top_nodes(tree, n)
-            if max_tree is not None and tree.size > max_tree:
-                tree = top_nodes(tree, max_tree - 1)
+            if tree.size > room:  # a union over the budget (or the engine's largest step): its best nodes
+                tree = top_nodes(tree, room - 1)
         buffers = static_buffers if fixed else tree_buffers(tree)
         if cfg.keep_hidden:
             result.roots.append(len(result.tokens) - 1)

@@ -105,10 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--drafter",
         dest="drafter",
         choices=DRAFTERS,
-        default="heads",
-        help="who proposes the tree: the heads (default), the context (prompt lookup: the continuation of the "
+        default="heads,context",
+        help="who proposes the tree: the heads, the context (prompt lookup: the continuation of the "
         "current suffix's last occurrence in the prompt and the answer so far, as a chain; no heads needed), or "
-        "heads,context (one tree over both, ranked by calibrated acceptance probabilities)",
+        "heads,context (default: one tree over both, ranked by calibrated acceptance probabilities)",
     )
     p.add_argument(
         "--engine",

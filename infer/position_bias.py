@@ -72,7 +72,9 @@ def run(args) -> None:
     total, predicted, realised = 0, [], []
     for turns in read_prompts(args.prompts, args.limit, args.split):
         ids = encode(tok, [{"role": "user", "content": turns[0]}], tok.chat_template is not None)
-        cfg = DecodeConfig(node_budget=args.node_budget, calibration=cal, max_new_tokens=args.max_new_tokens)
+        cfg = DecodeConfig(
+            node_budget=args.node_budget, calibration=cal, max_new_tokens=args.max_new_tokens, drafter="heads"
+        )
         res = generate(model, ids, heads, cfg, eos=stop_ids(model, tok))
         seq = torch.cat([ids[0], torch.tensor(res.tokens, dtype=torch.long)])  # [T]
         with torch.no_grad():

@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--served-model-name", default=None, help="the model id clients ask for (default: --model's)")
     add("--tree", choices=("dynamic", "static", "none"), default="dynamic", help="none: serve without trees")
-    add("--drafters", "--drafter", dest="drafter", choices=DRAFTERS, default="heads",
+    add("--drafters", "--drafter", dest="drafter", choices=DRAFTERS, default="heads,context",
         help="who proposes each row's tree: the heads, the row's own context (prompt lookup, no heads), or "
         "heads,context (one tree over both)")  # fmt: skip
     add("--node-budget", default="auto", help="dynamic tree nodes per row, or auto (measured latency)")

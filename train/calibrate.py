@@ -233,7 +233,9 @@ def collect_decode(
     hdtype = next(heads.parameters(), torch.empty(0)).dtype
     _, lm_head = decoder_and_head(model)
     embed = model.get_input_embeddings()
-    cfg = DecodeConfig(tree="dynamic", node_budget=node_budget, top_m=8, max_new_tokens=max_new_tokens)
+    cfg = DecodeConfig(
+        tree="dynamic", node_budget=node_budget, top_m=8, max_new_tokens=max_new_tokens, drafter="heads"
+    )
     cfg.keep_hidden = True
     eos = stop_ids(model, tokenizer)
     parts: dict[str, list] = {k: [] for k in ("top_logits", "correct", "lse", "dlse", "valid", "example")}

@@ -242,7 +242,7 @@ def test_collect_decode_events_on_visited_positions(tmp_path, head_type):
     K, N, m = col["correct"].shape
     assert (K, m) == (3, 4) and col["num_examples"] == 6
     # one row per tree step of the same decode
-    cfg = DecodeConfig(tree="dynamic", node_budget=8, top_m=8, max_new_tokens=20)
+    cfg = DecodeConfig(tree="dynamic", node_budget=8, top_m=8, max_new_tokens=20, drafter="heads")
     steps = []
     for p, c in zip(prompts, conts):
         out = generate(model, p, heads, cfg, eos=set())
