@@ -2,7 +2,7 @@
 PY ?= python3
 PIP ?= $(PY) -m pip
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test test-fast lint bench
 
 install:
 	# torch first, pinned: an unpinned torch makes pip pull a multi-GB CUDA build on these CPU machines.
@@ -25,6 +25,11 @@ test: install
 	# lint first (seconds), then the suite
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 	$(PY) -m pytest -q tests
+
+test-fast:
+	# the fast lane (no install; ~2 min): lint, then every test not marked slow. `make test` runs them all.
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+	$(PY) -m pytest -q -m "not slow" tests
 
 lint:
 	ruff check . && ruff format --check .

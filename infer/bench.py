@@ -158,7 +158,9 @@ def build_modes(
     """mode name -> (heads or None, DecodeConfig, engine); baselines map to (None, their name, None).
     ``engines``: engine name -> engine (a mode ``NAME@ENGINE`` runs on that engine, others on --engine's)."""
     modes = {}
-    common = dict(max_new_tokens=args.max_new_tokens, top_m=args.top_m)
+    common = dict(
+        max_new_tokens=args.max_new_tokens, top_m=args.top_m, drafter="heads"
+    )  # heads alone; hybrid: both
     engines = engines or {}
     for spec in args.modes:
         base_spec, _, engine_name = spec.partition("@")

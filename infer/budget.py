@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .backbone import forward_hidden, project, tree_attention_mask
-from .base import cache_root
+from .cache import cache_root
 from .tree import dynamic_tree, tree_buffers
 
 DEFAULT_SIZES = list(range(1, 17)) + list(range(20, 65, 4))  # tree sizes T (root included) measured

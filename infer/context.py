@@ -27,8 +27,13 @@ from .tree import Tree
 
 MAX_NGRAM = 3  # the longest suffix matched (then shorter ones)
 MAX_TOKENS = 10  # the longest chain proposed (an engine's largest step cuts it further)
-SOURCES = ("root", "heads", "context", "both")  # Tree.source codes: who proposed each node
-HEADS, CONTEXT, BOTH = 1, 2, 3
+SOURCES = ("root", "heads", "context", "both", "heads")  # Tree.source codes -> who proposed each node
+HEADS, CONTEXT, BOTH, RIVAL = (
+    1,
+    2,
+    3,
+    4,
+)  # RIVAL: a heads node beside a context node that proposes another token
 
 
 class ContextIndex:
@@ -62,11 +67,17 @@ class ContextIndex:
 
 class ContextStats:
     """Running P(node accepted | parent accepted) of context nodes per (kind, match length, depth), kind "context"
-    (the context alone proposed it) or "both" (a heads node holds the same token). Smoothed toward a prior (a few
+    (the context alone proposed it) or "both" (a heads node holds the same token); and of kind "rival": a heads node
+    whose sibling is a context node with another token (the heads' own probability, calibrated without the context,
+    over-claims there: such a node is scored by the lower of the two). Smoothed toward a prior (a few
     pseudo-events); counts are halved past ``HORIZON`` events so they follow the traffic of the moment. One object
     may serve every request of a pipeline (decode events accumulate across requests)."""
 
-    PRIOR = {"context": (1.0, 2.0), "both": (2.0, 3.0)}  # pseudo (accepted, verified) events per cell
+    PRIOR = {
+        "context": (1.0, 2.0),
+        "both": (2.0, 3.0),
+        "rival": (1.0, 3.0),
+    }  # pseudo (accepted, verified) events
     HORIZON = 256
 
     def __init__(self):
@@ -113,6 +124,10 @@ def union_tree(
         else:
             src[i] = BOTH
             logq[i] = math.log(stats.rate("both", match, d))
+        for j in range(1, len(par)):  # the heads' other children of the same parent: rivals of the chain
+            if par[j] == par[i] and j != i and src[j] == HEADS:
+                src[j] = RIVAL
+                logq[j] = min(logq[j], math.log(stats.rate("rival", match, d)))
         cur = i
     score = [0.0] * len(par)
     for i in range(1, len(par)):
@@ -138,6 +153,7 @@ def observe_tree(
         counts[SOURCES[src[i]]] = counts.get(SOURCES[src[i]], 0) + 1
     if stats is None:
         return
+    kinds = {CONTEXT: "context", BOTH: "both", RIVAL: "rival"}
     for i in range(1, len(src)):
-        if src[i] in (CONTEXT, BOTH) and par[i] in on:
-            stats.observe("both" if src[i] == BOTH else "context", match, dep[i], i in on)
+        if src[i] in kinds and par[i] in on:
+            stats.observe(kinds[src[i]], match, dep[i], i in on)

@@ -290,8 +290,8 @@ BACKENDS = ("aoti", "inductor")
 
 def package_folder(model, autotune: bool) -> str:
     """Where this model's compiled steps live: one folder per (model, weights, dtype, device, threads, torch, CPU)."""
-    from .base import cache_root
     from .budget import profile_key
+    from .cache import cache_root
 
     key = profile_key(model, next(model.parameters()).device) | {"autotune": autotune, "format": 1}
     key["weights"] = weights_fingerprint(model)  # the packages hold frozen weights: new weights, new packages
@@ -346,8 +346,8 @@ def _build_package(module, example, path: str, autotune: bool, verbose: bool, Tb
 
 # ------------------------------------------------------------------------------------------- choosing one
 def _record_path(model, buckets) -> tuple[str, dict]:
-    from .base import cache_root
     from .budget import profile_key
+    from .cache import cache_root
 
     key = profile_key(model, next(model.parameters()).device) | {"buckets": list(buckets)}
     return os.path.join(cache_root(), "engine", f"engine-{_digest(key)}.json"), key

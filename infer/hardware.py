@@ -79,7 +79,7 @@ def choose_dtype(
         return (torch.bfloat16 if bf16 else torch.float16), "GPU: half precision is always faster"
     if dev.type != "cpu":
         return torch.float32, f"{dev.type}: float32 (no measurement for this device)"
-    from .base import cache_root
+    from .cache import cache_root
 
     key = _key(model, device, purpose)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]

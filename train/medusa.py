@@ -44,7 +44,7 @@ if __package__ in (None, ""):  # run by path: make the repo root importable inst
 import torch
 from torch import nn
 
-import infer.base  # noqa: F401  (first: sets DS_ACCELERATOR on CPU-only machines before DeepSpeed loads)
+import train  # noqa: F401  (first: sets DS_ACCELERATOR on CPU-only machines before DeepSpeed loads)
 from train.checkpoint import (
     checkpoint_damage,
     complete_checkpoints,

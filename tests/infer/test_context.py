@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from infer.context import BOTH, CONTEXT, HEADS, ContextIndex, ContextStats, observe_tree, union_tree
+from infer.context import BOTH, CONTEXT, HEADS, RIVAL, ContextIndex, ContextStats, observe_tree, union_tree
 from infer.decode import DecodeConfig, generate
 from infer.engine import CompiledEngine
 from infer.tree import Tree, top_nodes
@@ -57,26 +57,21 @@ def test_union_tree_shares_nodes_both_propose():
     tokens = torch.tensor([4, 5, 6, 7])
     tree = union_tree(heads, tokens, [5, 8, 9], 2, stats)
     assert tree.tokens.tolist() == [4, 5, 6, 7, 8, 9] and tree.parents.tolist() == [0, 0, 0, 1, 1, 4]
-    assert tree.source.tolist() == [0, BOTH, HEADS, HEADS, CONTEXT, CONTEXT]
+    assert tree.source.tolist() == [0, BOTH, RIVAL, RIVAL, CONTEXT, CONTEXT]
     p = tree.score.exp()
     assert torch.allclose(p[1], torch.tensor(2 / 3))  # the shared node: the "both" prior
-    assert torch.allclose(p[3], p[1] * 0.5) and torch.allclose(
-        p[2], torch.tensor(0.3)
-    )  # heads' own conditionals
+    assert torch.allclose(p[2], torch.tensor(0.3)) and torch.allclose(p[3], p[1] / 3)  # min(own, rivals' 1/3)
     assert torch.allclose(p[5], p[1] * 0.25)
     kept = top_nodes(tree, 3)  # the budget cut ranks both sources together and keeps who proposed what
-    assert kept.tokens.tolist() == [4, 5, 7, 8] and kept.source.tolist() == [
-        0,
-        BOTH,
-        HEADS,
-        CONTEXT,
-    ]  # p .33 .33
+    assert kept.tokens.tolist() == [4, 5, 6, 8] and kept.source.tolist() == [0, BOTH, RIVAL, CONTEXT]
     counts = {}
     observe_tree(tree, torch.tensor([0, 1, 4]), 2, stats, counts)
     assert counts == {"both": 1, "context": 1}
     assert stats.rate("both", 2, 1) > 2 / 3  # 5 accepted
     assert stats.counts[("context", 2, 2)] == [1.0, 1.0]  # 8 accepted
     assert stats.counts[("context", 2, 3)] == [0.0, 1.0]  # 9 rejected, its parent accepted: an event
+    assert stats.counts[("rival", 2, 1)] == stats.counts[("rival", 2, 2)] == [0.0, 1.0]  # 6 and 7 rejected
+    assert union_tree(heads, tokens, [6], 2, stats).source.tolist() == [0, RIVAL, BOTH, HEADS]  # 7: no rival
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -392,3 +392,22 @@ def test_export_at_the_end_of_training(assets):
         back = MedusaHeads.from_pretrained(os.path.join(out, "export", fmt))
         lm = None if back.lm_heads is not None else lm_head
         torch.testing.assert_close(back(h, lm), final(h, lm_head), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is about CPU-only machines")
+def test_no_deepspeed_accelerator_warning_on_cpu():
+    """Training imports DeepSpeed (through accelerate): on a CPU-only machine it must not warn "Setting accelerator
+    to CPU". The setting lives in ``train`` (imported first by train/medusa.py); inference never loads DeepSpeed."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import train, deepspeed"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Setting accelerator to CPU" not in done.stdout + done.stderr
+    code = "import sys, infer.pipeline, infer.serve, infer.bench; print('deepspeed' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.stdout.strip() == "False", done.stderr  # inference does not load DeepSpeed at all
