@@ -19,7 +19,7 @@ from .calibration import CalibrationError
 from .decode import ACCEPTANCE, DRAFTERS, TREES, DecodeConfig, DecodeResult
 from .engine import ENGINES
 from .heads import HeadsError
-from .pipeline import PipelineError, load_pipeline, read_prompts, result_summary
+from .pipeline import PipelineError, deterministic_dtype, load_pipeline, read_prompts, result_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "float32", "bfloat16", "float16"],
         default="auto",
         help="model and heads dtype; auto: the faster on this machine, measured once and cached (GPUs: bf16)",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="greedy answers that depend only on the prompt: decodes in float32 (see README: what lossless means in "
+        "each dtype); ~4x slower than bf16 on this CPU",
     )
     p.add_argument(
         "--remeasure", action="store_true", help="measure the auto budget's verify-latency prior again"
@@ -207,7 +213,7 @@ def run(args) -> int:
     pipe = load_pipeline(
         args.model,
         args.heads,
-        dtype=args.dtype,
+        dtype=deterministic_dtype(args.dtype, args.deterministic),
         device=args.device,
         revision=args.revision,
         heads_revision=args.heads_revision,

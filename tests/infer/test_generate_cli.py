@@ -185,3 +185,22 @@ def test_heads_are_served_with_the_chat_template_they_were_trained_with(folders,
     (heads / "recipe.yaml").write_text(yaml.safe_dump({"data": {"template": "no_such_template"}}))
     with pytest.raises(ValueError, match="data.template"):
         load_pipeline(str(model), str(heads), dtype="float32", auto_budget=False, verbose=False)
+
+
+def test_deterministic_decodes_in_float32_and_refuses_another_dtype(folders, capsys):
+    from infer.pipeline import PipelineError, deterministic_dtype
+
+    out = _run(
+        folders, capsys, "--prompt", "hi", "--max-new-tokens", "4", "--deterministic", "--dtype", "auto"
+    )
+    assert "float32" in out  # the model loaded in float32 (the run prints its dtype)
+    assert (
+        deterministic_dtype("auto", True) == "float32"
+        and deterministic_dtype("bfloat16", False) == "bfloat16"
+    )
+    with pytest.raises(PipelineError, match="cannot take --dtype bfloat16"):
+        deterministic_dtype("bfloat16", True)
+    with pytest.raises(SystemExit, match="cannot take --dtype float16"):
+        cli.main(
+            ["--model", str(folders / "model"), "--prompt", "hi", "--deterministic", "--dtype", "float16"]
+        )
