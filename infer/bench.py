@@ -79,7 +79,7 @@ def parse_args(argv=None):
         "--modes",
         nargs="+",
         default=["hf-generate", "hf-prompt-lookup", "plain", "static:16", "dynamic-cal:16", "auto"],
-        help="hf-generate, hf-prompt-lookup, plain, context, static:N, dynamic-raw:N, dynamic-cal:N, auto, hybrid "
+        help="hf-generate, hf-prompt-lookup, plain, context, static:N, dynamic-raw:N, dynamic-cal:N, auto, hybrid[:N] "
         "(auto's heads and the context in one tree); MODE@ENGINE runs a mode on another engine (default: %(default)s)",
     )
     p.add_argument(
@@ -229,6 +229,9 @@ def _build_mode(args, model, heads, cal, cheap, prefix, baselines, spec, common,
                 "error: dynamic-cal needs calibration.json beside the heads (python -m train.calibrate)"
             )
         modes[spec] = (heads, DecodeConfig(tree="dynamic", node_budget=n, calibration=cal, **common))
+    elif name == "hybrid" and ":" in spec:  # hybrid:N, a fixed budget of N nodes over both sources
+        cfg = DecodeConfig(tree="dynamic", node_budget=n, calibration=cal, **common)
+        modes[spec] = (heads, dataclasses.replace(cfg, drafter="heads,context", context_stats=ContextStats()))
     elif name in ("auto", "hybrid"):  # hybrid: the heads and the context in one tree, auto budget
         h, c = cheap if cheap is not None else (heads, cal)
         latency = corrupt(_latency(args, model, h, engine), args.corrupt_profile)
