@@ -67,6 +67,7 @@ def test_decoding_with_compiled_heads_is_lossless(oracle, which):
     assert sum(steps) / len(steps) > 1.3
 
 
+@pytest.mark.slow
 def test_packages_are_built_once_then_loaded(oracle, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDUSA_CACHE", str(tmp_path))
     model, _, seq, _, _ = oracle

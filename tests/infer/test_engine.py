@@ -119,6 +119,7 @@ def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch):
     assert out.tokens == conts[0].tolist()
 
 
+@pytest.mark.slow
 def test_aoti_packages_decode_losslessly_and_load_from_disk(tmp_path, monkeypatch):
     """The real backend: torch.export + AOTInductor packages (frozen weights), the cache length dynamic; a second
     engine loads the packages instead of compiling."""

@@ -187,13 +187,13 @@ def test_heads_are_served_with_the_chat_template_they_were_trained_with(folders,
         load_pipeline(str(model), str(heads), dtype="float32", auto_budget=False, verbose=False)
 
 
-def test_deterministic_decodes_in_float32_and_refuses_another_dtype(folders, capsys):
+def test_deterministic_decodes_in_float32_and_refuses_another_dtype(folders, capsys, monkeypatch):
     from infer.pipeline import PipelineError, deterministic_dtype
 
-    out = _run(
-        folders, capsys, "--prompt", "hi", "--max-new-tokens", "4", "--deterministic", "--dtype", "auto"
-    )
-    assert "float32" in out  # the model loaded in float32 (the run prints its dtype)
+    asked, real = [], cli.load_pipeline
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a, **k: asked.append(k["dtype"]) or real(*a, **k))
+    _run(folders, capsys, "--prompt", "hi", "--max-new-tokens", "4", "--deterministic", "--dtype", "auto")
+    assert asked == ["float32"]
     assert (
         deterministic_dtype("auto", True) == "float32"
         and deterministic_dtype("bfloat16", False) == "bfloat16"

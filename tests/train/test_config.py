@@ -129,6 +129,7 @@ def test_bare_keys_are_unique():
     assert len(leaves) == len(set(leaves)), "a bare override name would be ambiguous"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["path", "module"])
 def test_cli_dry_run(how):
     cmd = [sys.executable, "train/medusa.py"] if how == "path" else [sys.executable, "-m", "train.medusa"]

@@ -84,6 +84,7 @@ def test_shifted_targets_stop_at_packed_boundaries():
     assert shifted_targets(labels, None, [2])[0, :, 0].tolist() == [12, 13, 20, 21, 22, -100, -100]
 
 
+@pytest.mark.slow
 def test_zero2_two_processes(assets):
     """accelerate launch, DeepSpeed ZeRO-2, 2 CPU processes: loss falls, ranks agree, checkpoints are complete."""
     out = str(assets["root"] / "zero2")
@@ -394,6 +395,7 @@ def test_export_at_the_end_of_training(assets):
         torch.testing.assert_close(back(h, lm), final(h, lm_head), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is about CPU-only machines")
 def test_no_deepspeed_accelerator_warning_on_cpu():
     """Training imports DeepSpeed (through accelerate): on a CPU-only machine it must not warn "Setting accelerator
