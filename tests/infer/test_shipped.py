@@ -39,7 +39,7 @@ def test_the_default_heads_are_the_more_accurate_kind():
 )
 @pytest.mark.slow
 def test_batched_decoding_on_the_embedded_default_equals_batch_one():
-    """The real default model and its shipped heads, fp32: 4 prompts of different lengths decoded together give
+    """The real default model and its shipped heads, fp32: 3 prompts of different lengths decoded together give
     each prompt's own batch-1 greedy output, with several tokens per step."""
     import torch
 
@@ -51,9 +51,9 @@ def test_batched_decoding_on_the_embedded_default_equals_batch_one():
     pipe = load_pipeline(
         dtype="float32", auto_budget=False, config=DecodeConfig(node_budget=16), verbose=False
     )
-    questions = ["What is 2+2?", "Name a colour.", "Write a haiku about the sea.", "Why is the sky blue?"]
+    questions = ["What is 2+2?", "Write a haiku about the sea.", "Why is the sky blue?"]
     prompts = [pipe.encode([{"role": "user", "content": q}]) for q in questions]
-    cfg = pipe.decode_config(max_new_tokens=24)
+    cfg = pipe.decode_config(max_new_tokens=20)
     batched = generate_batch(pipe.model, prompts, pipe.heads, cfg, eos=pipe.eos)
     for ids, got in zip(prompts, batched):
         assert got.tokens == pipe.generate(ids, cfg).tokens
