@@ -92,7 +92,7 @@ class BatchDecoder:
         self.embed = model.get_input_embeddings() if self.heads is not None and heads.sequential else None
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.latency = None if self.plain or self.context or self.cfg.tree != "dynamic" else latency
+        self.latency = None if self.plain or self.cfg.tree != "dynamic" else latency
         self.static = self.static_buffers = None
         self.depth = 0
         if self.heads is not None:
@@ -219,7 +219,7 @@ class BatchDecoder:
             k = min(self.cfg.node_budget, MAX_TOKENS)
             chains = [r.index.propose(k) for r in self.rows]
             matches = [r.index.match for r in self.rows]
-        trees, tops = [None] * B, [(root, None, None) for root in roots]
+        trees, tops, n = [None] * B, [(root, None, None) for root in roots], None
         if heads_now:  # the heads run once for the whole batch (sequential heads: once per depth)
             hiddens = torch.stack([r.hidden for r in self.rows])  # [B, H]
             drafted, _ = draft_trees(
@@ -228,6 +228,8 @@ class BatchDecoder:
             )  # fmt: skip
             trees = [t for t, _, _ in drafted]
             tops = [(root, tok, lp) for root, (_, tok, lp) in zip(roots, drafted)]
+            if latency is not None:  # one budget for the batch: each row's n best paths, summed tokens/s
+                n = latency.best_budget([t.score[1:].sort(descending=True).values for t in trees])
         if not self.plain and (
             any(chains) or not heads_now
         ):  # rows without a tree: their root (+ their chain)
@@ -240,10 +242,11 @@ class BatchDecoder:
                     tops[b] = (roots[b], None, None)
             room = tree_room(self.cfg, self.heads)  # a union over the budget: its best nodes
             trees = [top_nodes(t, room - 1) if t.size > room else t for t in trees]
-        if (
-            heads_now and latency is not None
-        ):  # one budget for the batch: each row's n best paths, summed tokens/s
-            n = latency.best_budget([t.score[1:].sort(descending=True).values for t in trees])
+            if latency is not None and any(
+                chains
+            ):  # the drafting is spent: cut by what the nodes yield per time
+                n = latency.chain_budget([t.score[1:].sort(descending=True).values for t in trees])
+        if n is not None:
             trees = [top_nodes(t, n) for t in trees]
         t1 = _now(self.device)
         drafting = not self.plain and any(t.size > 1 for t in trees)

@@ -105,10 +105,11 @@ class LatencyProfile:
         i = self._probe(max(2, 2 * int(self.sizes[best])))
         return int(n[best if i is None else i])
 
-    def chain_budget(self, sorted_logp: torch.Tensor) -> int:
-        """The same choice for a tree that cost (almost) nothing to draft — the context's chain alone: [N]
-        descending path log-probs -> n* (0: a plain step pays more). No probes, no change to the heads' skipping."""
-        n, rate = self._rates([sorted_logp], drafted=False)
+    def chain_budget(self, sorted_logp: torch.Tensor | list[torch.Tensor]) -> int:
+        """The same choice for a tree whose drafting cost is spent or negligible (the context's chain, a union drafted
+        already): [N] descending path log-probs (a batch: one per row) -> n* (0: a plain step pays more). No probes,
+        no change to the heads' skipping."""
+        n, rate = self._rates(sorted_logp if isinstance(sorted_logp, list) else [sorted_logp], drafted=False)
         return int(n[int(rate.argmax())])
 
     def _rates(self, rows: list[torch.Tensor], drafted: bool) -> tuple[torch.Tensor, torch.Tensor]:
