@@ -34,6 +34,7 @@ from .backbone import stop_ids
 from .base import DEFAULT_MODEL, load_base_model
 from .baselines import BASELINES, run_baseline
 from .budget import DEFAULT_SIZES, load_or_measure
+from .cli import fail
 from .context import ContextStats
 from .decode import DEFAULT_CHOICES, DecodeConfig, DecodeResult, generate
 from .engine import ENGINES, make_engine
@@ -131,7 +132,7 @@ def heads_specs(args) -> list[tuple[str, str]]:
     """--heads -> [(label, path)]; a single unlabelled heads folder gets the label ''."""
     specs = args.heads or [SHIPPED_HEADS.get(args.model)]
     if specs == [None]:
-        raise SystemExit("error: pass --heads")
+        fail("error: pass --heads")
     out = []
     for spec in specs:
         label, sep, path = spec.partition("=")
@@ -139,7 +140,7 @@ def heads_specs(args) -> list[tuple[str, str]]:
             label, path = "", spec
         out.append((label, path))
     if len(out) > 1 and any(not label for label, _ in out):
-        raise SystemExit("error: with several --heads, give each a label: LABEL=PATH")
+        fail("error: with several --heads, give each a label: LABEL=PATH")
     return out
 
 
@@ -225,9 +226,7 @@ def _build_mode(args, model, heads, cal, cheap, prefix, baselines, spec, common,
         modes[spec] = (heads, DecodeConfig(tree="dynamic", node_budget=n, **common))
     elif name == "dynamic-cal":
         if cal is None:
-            raise SystemExit(
-                "error: dynamic-cal needs calibration.json beside the heads (python -m train.calibrate)"
-            )
+            fail("error: dynamic-cal needs calibration.json beside the heads (python -m train.calibrate)")
         modes[spec] = (heads, DecodeConfig(tree="dynamic", node_budget=n, calibration=cal, **common))
     elif name == "hybrid" and ":" in spec:  # hybrid:N, a fixed budget of N nodes over both sources
         cfg = DecodeConfig(tree="dynamic", node_budget=n, calibration=cal, **common)
@@ -242,7 +241,7 @@ def _build_mode(args, model, heads, cal, cheap, prefix, baselines, spec, common,
             cfg = dataclasses.replace(cfg, drafter="heads,context", context_stats=ContextStats())
         modes[spec] = (h, cfg)
     else:
-        raise SystemExit(f"error: unknown mode {spec!r}")
+        fail(f"error: unknown mode {spec!r}")
     return modes
 
 
@@ -389,7 +388,7 @@ def main(argv=None) -> int:
     try:
         return run(args)
     except (PipelineError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+        fail(f"error: {e}")
 
 
 def run(args) -> int:

@@ -24,6 +24,7 @@ import torch
 
 from .batch import BatchDecoder
 from .budget import BatchLatency
+from .cli import fail
 from .hardware import cpu_flags
 from .pipeline import PipelineError, load_pipeline, read_prompts
 
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
         pipe = load_pipeline(dtype=args.dtype, engine="eager")  # the batched decoder runs eager
         convs = read_prompts(args.prompts, args.num_prompts + 1)
     except (PipelineError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+        fail(f"error: {e}")
     questions = [
         c[0] for c in convs[1:]
     ]  # the first question: reserved (MT-Bench's first is often a warm-up)

@@ -16,6 +16,7 @@ import torch
 
 from .base import DEFAULT_MODEL, BaseModelError
 from .calibration import CalibrationError
+from .cli import fail
 from .decode import ACCEPTANCE, DRAFTERS, TREES, DecodeConfig, DecodeResult
 from .engine import ENGINES
 from .heads import HeadsError
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except (PipelineError, BaseModelError, HeadsError, CalibrationError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+        fail(f"error: {e}")
 
 
 def run(args) -> int:

@@ -17,6 +17,7 @@ import torch
 
 from .backbone import stop_ids
 from .base import DEFAULT_MODEL, load_base_model
+from .cli import fail
 from .decode import DecodeConfig, generate
 from .pipeline import SHIPPED_HEADS, PipelineError, encode, load_calibration, load_heads, read_prompts
 
@@ -61,7 +62,7 @@ def main(argv=None) -> None:
     try:
         run(args)
     except (PipelineError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+        fail(f"error: {e}")
 
 
 def run(args) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .batch import BatchDecoder
+from .cli import fail
 from .decode import DRAFTERS, DecodeConfig, tree_room
 from .pipeline import Pipeline
 
@@ -515,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
             engine="eager",
         )  # fmt: skip (the batched decoder runs eager: its budget measures that)
     except (PipelineError, BaseModelError, HeadsError, CalibrationError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+        fail(f"error: {e}")
     import uvicorn
 
     app = build_app(pipe, args.served_model_name, trees=args.tree != "none", max_batch=args.max_batch)

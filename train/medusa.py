@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 import train  # noqa: F401  (first: sets DS_ACCELERATOR on CPU-only machines before DeepSpeed loads)
+from infer.cli import fail
 from train.checkpoint import (
     checkpoint_damage,
     complete_checkpoints,
@@ -111,9 +112,7 @@ def head_vocabulary(accelerator, cfg, tokenizer, train_ds, eval_ds):
     from train.head_vocab import choose_vocab, coverage
 
     if is_zero3(accelerator):
-        raise SystemExit(
-            "heads.head_vocab_size slices the lm_head, which ZeRO-3 partitions: use zero2 or ddp"
-        )
+        fail("heads.head_vocab_size slices the lm_head, which ZeRO-3 partitions: use zero2 or ddp")
 
     def counts(ds):
         return Counter(y for labels in ds["labels"] for y in labels if y != IGNORE)
@@ -272,7 +271,7 @@ def setup(cfg, recipe: str) -> Run:
     micro_per_epoch = len(train_ds) // (t.per_device_batch_size * world)
     steps_per_epoch = micro_per_epoch // t.gradient_accumulation_steps
     if steps_per_epoch < 1:
-        raise SystemExit(
+        fail(
             f"{len(train_ds)} training examples are fewer than one optimizer step needs "
             f"({t.per_device_batch_size} x {world} processes x {t.gradient_accumulation_steps} accumulation)"
         )
@@ -320,10 +319,10 @@ def pick_checkpoint(cfg, accelerator) -> str | None:
     if ckpt is not None:
         damage = checkpoint_damage(ckpt)
         if damage is not None:
-            raise SystemExit(f"output.resume: {ckpt} is not a complete checkpoint ({damage})")
+            fail(f"output.resume: {ckpt} is not a complete checkpoint ({damage})")
         changes = recipe_changes(ckpt, cfg.to_dict())
         if changes:
-            raise SystemExit(
+            fail(
                 f"{ckpt} was written by a different recipe ({'; '.join(changes)}): resuming would mix two runs. "
                 "Use a new output.output_dir, or output.resume=none to start over in this one (its checkpoints "
                 "are deleted when the new run saves its first)."
@@ -380,9 +379,7 @@ def build_trainee(cfg, accelerator, base, tokenizer, train_ds, eval_ds, collate_
     tk = dict(decay=cfg.heads.decay, logits_dtype=t.logits_dtype, lora=lora)
     if t.cache_features:
         if is_zero3(accelerator):
-            raise SystemExit(
-                "train.cache_features runs the base outside DeepSpeed: use ddp.yaml or zero2.yaml"
-            )
+            fail("train.cache_features runs the base outside DeepSpeed: use ddp.yaml or zero2.yaml")
         train_ds = cache_features(accelerator, cfg, base, train_ds, collate_fn, "train")
         eval_ds = cache_features(accelerator, cfg, base, eval_ds, collate_fn, "eval") if eval_ds else None
         frozen = nn.Linear(hcfg.hidden_size, hcfg.vocab_size, bias=False, dtype=lm_head.weight.dtype)
@@ -430,10 +427,10 @@ def resume(run: Run) -> None:
         try:
             accelerator.load_state(os.path.join(ckpt, "state"), **ds_kw)
         except Exception as e:  # damage the manifest cannot see (same size, bad bytes)
-            raise SystemExit(
+            fail(
                 f"{ckpt}/state could not be loaded ({type(e).__name__}: {e}); move that checkpoint away to resume "
                 "from the previous one, or start over with output.resume=none"
-            ) from None
+            )
         with open(os.path.join(ckpt, "trainer_state.json")) as f:
             state = json.load(f)
         run.start_step, run.train_time = state["step"], state["train_time_s"]
@@ -526,7 +523,7 @@ def train_loop(run: Run) -> bool:
             loss_sum += out["loss"].detach() / t.gradient_accumulation_steps
             heads_sum += out["heads_loss"] / t.gradient_accumulation_steps
         if not bool(torch.isfinite(loss_sum)):  # one host sync per step: a diverged run must not be saved
-            raise SystemExit(
+            fail(
                 f"training diverged at step {step + 1}: the loss is {float(loss_sum)} (train.lr={t.lr}); nothing of "
                 f"this step was saved; the last good checkpoint (if any) is in {run.out_dir}. Lower train.lr."
             )
@@ -588,7 +585,7 @@ def finish(run: Run, stopped: bool):
     if run.release is not None:
         run.release()
     if push_error:
-        raise SystemExit(push_error)
+        fail(push_error)
     return run.metrics
 
 

@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except PushError as e:
         print(f"error: {_scrub(str(e), args.token)}", file=sys.stderr)
-        return 1
+        return 2  # the CLI convention (infer/cli.py): error line, status 2
     if not result.changed:
         print(f"{result.repo_id} (branch {result.revision}) already has these files; no commit was made")
         print(f"head commit: {result.commit_url}")

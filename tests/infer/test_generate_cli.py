@@ -204,3 +204,11 @@ def test_deterministic_decodes_in_float32_and_refuses_another_dtype(folders, cap
         cli.main(
             ["--model", str(folders / "model"), "--prompt", "hi", "--deterministic", "--dtype", "float16"]
         )
+
+
+def test_errors_follow_the_cli_convention(folders, capsys):
+    """infer/cli.py: one line 'error: ...' on stderr, exit status 2 (as argparse's usage errors)."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", str(folders / "model"), "--heads", str(folders / "heads"), "--prompt", "   "])
+    assert e.value.code == 2 and str(e.value) == "empty prompt"
+    assert capsys.readouterr().err == "error: empty prompt\n"

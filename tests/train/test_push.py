@@ -244,7 +244,7 @@ def test_cli_never_prints_the_token(ckpt, hub, capsys, caplog, monkeypatch):
     assert main([str(ckpt), "me/heads", "--endpoint", hub.url]) == 0  # same files again: no new commit
     assert "no commit was made" in capsys.readouterr().out and len(hub.repos["me/heads"].history()) == 2
     hub.fail["create"] = 503
-    assert main([str(ckpt), "me/heads", "--endpoint", hub.url, "--token", TOKEN + "x"]) == 1
+    assert main([str(ckpt), "me/heads", "--endpoint", hub.url, "--token", TOKEN + "x"]) == 2
     out = capsys.readouterr()
     assert "HTTP 503" in out.err
     assert TOKEN not in out.out + out.err + caplog.text
