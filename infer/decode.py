@@ -22,10 +22,6 @@ from .tree import (
     conditional_static_tree,
     conditional_trees,
     dynamic_tree,
-    static_tree,
-    top_nodes,
-    tree_buffers,
-    tree_tokens,
 )
 
 ACCEPTANCE = ("greedy", "typical", "sample")
@@ -264,21 +260,21 @@ def draft_trees(heads, lm_head, embed, hiddens, roots: list, cfg: DecodeConfig, 
     device = hiddens.device
     root_t = [torch.as_tensor(r, device=device) for r in roots]
     if not heads.sequential:
-        t0 = _now(device)
+        t0 = now(device)
         logits = heads(hiddens, lm_head).float()  # [K, B, V or V_head]
         tops = [top_candidates(heads, logits[:, b], cfg, top_m) for b in range(len(root_t))]  # [K, m] each
-        spent = _now(device) - t0
+        spent = now(device) - t0
         trees = [static if static is not None else dynamic_tree(lp, cfg.node_budget) for _, lp in tops]
         return [(t, tok, lp) for t, (tok, lp) in zip(trees, tops)], spent
     timer = [0.0]
 
     def expand_rows(d: int, requests):  # [(row, paths [F_row, d+1])] -> [(tokens, logp) [F_row, m]]
-        t1 = _now(device)
+        t1 = now(device)
         sizes = [p.shape[0] for _, p in requests]
         hs = torch.cat([hiddens[b].expand(p.shape[0], -1) for b, p in requests])  # [F, H]
         paths = torch.cat([p for _, p in requests])  # [F, d+1]
         tok, logp = head_children(heads, lm_head, embed, d, hs, paths, cfg, top_m)
-        timer[0] += _now(device) - t1
+        timer[0] += now(device) - t1
         return list(zip(tok.split(sizes), logp.split(sizes)))
 
     if static is not None:  # the static tree's parents, depth by depth, row by row
@@ -291,13 +287,13 @@ def draft_trees(heads, lm_head, embed, hiddens, roots: list, cfg: DecodeConfig, 
     return [(t, None, None) for t in trees], timer[0]
 
 
-def _now(device) -> float:
+def now(device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
 
 
-def _emit(
+def emit_tokens(
     result: DecodeResult, new: list[int], eos: set[int], cfg: DecodeConfig, on_tokens, step=True
 ) -> bool:
     """Append new tokens, cut at eos and max_new_tokens, count the step; True when generation is over."""
@@ -340,108 +336,63 @@ def generate(
         raise ValueError("empty prompt")
     eos = stop_ids(model) if eos is None else eos
     device = input_ids.device
-    lm_head = model.get_output_embeddings()
-    use_context = cfg.context or cfg.hybrid  # the context proposes a chain (alone, or beside the heads)
-    heads = None if cfg.context else heads
-    plain = cfg.tree == "none" or (heads is None and not use_context)
-    static = None
-    if not plain and heads is not None and cfg.tree == "static":
-        max_d = heads.num_heads if cfg.depth is None else min(cfg.depth, heads.num_heads)
-        choices = cfg.medusa_choices or [c for c in DEFAULT_CHOICES if len(c) <= max_d]
-        static = static_tree(choices)
-        if static.max_depth > max_d:
-            raise ValueError(f"the static tree is {static.max_depth} deep but only {max_d} heads are used")
-        static_buffers = tree_buffers(static)
-    top_m = cfg.top_m if static is None else int(static.rank.max()) + 1
-    embed = model.get_input_embeddings() if heads is not None and heads.sequential else None
-    depth = 0 if heads is None else heads.num_heads if cfg.depth is None else min(cfg.depth, heads.num_heads)
-    budget = cfg.latency if not plain and static is None else None  # per-step budget from the latency profile
-    auto = budget is not None and heads is not None
-    result = DecodeResult(tokens=[])
-    t_start = _now(device)
+    from .context import ContextIndex, observe_tree
+    from .drafters import Drafter, RowState
 
-    # Prefill: logits only at the last position; the heads on its hidden state.
+    result = DecodeResult(tokens=[])
+    t_start = now(device)
     L = input_ids.shape[1]
-    room = tree_room(cfg, heads)
+    room = tree_room(cfg, None if cfg.context else heads)
     max_tree = engine.buckets[-1] if engine.buckets is not None else None  # a fixed-shape engine's largest
     if max_tree is not None and room > 1:  # trees are cut to its largest step and padded to its buckets
-        if static is not None and static.size > max_tree:
-            raise ValueError(
-                f"the static tree has {static.size} nodes but the {engine.name} engine's largest step is "
-                f"{max_tree}: use a smaller tree or the eager engine"
-            )
         room = engine.bucket(min(room, max_tree))
+    drafter = Drafter(model, heads, cfg, room)
+    if max_tree is not None and drafter.static is not None and drafter.static.size > max_tree:
+        raise ValueError(
+            f"the static tree has {drafter.static.size} nodes but the {engine.name} engine's largest step is "
+            f"{max_tree}: use a smaller tree or the eager engine"
+        )
+    budget = drafter.budget_for(cfg.latency)  # per-step budget from the latency profile
     check_window(model, L + cfg.max_new_tokens + room)
     hidden, logits = engine.prefill(input_ids, L + cfg.max_new_tokens + room)  # [H], [V]
-    root = _pick(logits, cfg, generator)
-    result.time_prefill = _now(device) - t_start
-    done = _emit(result, [root], eos, cfg, on_tokens, step=False)  # the prefill's token is not a decode step
-    index = stats = None
-    if use_context:
-        from .context import MAX_TOKENS, ContextIndex, ContextStats, observe_tree, union_tree
+    root = pick_token(logits, cfg, generator)
+    result.time_prefill = now(device) - t_start
+    # the prefill's token is not a decode step
+    done = emit_tokens(result, [root], eos, cfg, on_tokens, step=False)
+    index = ContextIndex(input_ids[0].tolist() + [root]) if drafter.use_context else None
 
-        index = ContextIndex(input_ids[0].tolist() + [root])
-        stats = cfg.context_stats if cfg.context_stats is not None else ContextStats()
-        chain_max = min(cfg.node_budget, MAX_TOKENS if max_tree is None else max_tree - 1)
-    else:
-        from .context import observe_tree
-
-    while not done:
-        t0 = _now(device)
-        guess = index.propose(chain_max) if index is not None else []
-        heads_now = heads is not None and not plain and (not auto or budget.want_draft())
-        chain = None  # the context's chain alone, when the heads do not draft this step
-        if guess and not heads_now:
-            chain = union_tree(None, torch.tensor([root], device=device), guess, index.match, stats)
-            if budget is not None:  # only the nodes whose expected tokens pay for the bigger step
-                chain = top_nodes(chain, budget.chain_budget(chain.score[1:]))
-            chain = chain if chain.size > 1 else None
-        if plain or (not heads_now and chain is None):  # a plain step
+    while not done:  # draft -> verify -> accept -> emit
+        t0 = now(device)
+        drafts, heads_now, heads_s = drafter.propose([RowState(hidden, root, index)], budget)
+        t1 = now(device)
+        overhead = t1 - t0 if heads_now else None
+        if drafts is None:  # a plain step
             hiddens, logits = engine.step(torch.tensor([root], device=device))
             engine.accept()
             hidden = hiddens[0]
-            root = _pick(logits[0], cfg, generator)
-            result.time_verify += _now(device) - t0
-            if not plain:
+            root = pick_token(logits[0], cfg, generator)
+            t2 = now(device)
+            result.time_verify += t2 - t1
+            result.time_heads += heads_s
+            result.time_tree += t1 - t0 - heads_s
+            if not drafter.plain:
                 if budget is not None:
-                    budget.observe(1, _now(device) - t0)
+                    budget.observe(1, t2 - t1, overhead)
                 result.tree_sizes.append(1)
                 result.predicted.append(1.0)
-            done = _emit(result, [root], eos, cfg, on_tokens)
+            done = emit_tokens(result, [root], eos, cfg, on_tokens)
             if index is not None:
                 index.extend([root])
             continue
 
-        root_t = torch.tensor(root, device=device)
-        tree, top_tokens, top_logp, heads_s, n = chain, None, None, 0.0, None
-        if heads_now:
-            tree, top_tokens, top_logp, heads_s = draft_tree(
-                heads, lm_head, embed, hidden, root_t, cfg, depth, top_m, static
-            )
-            if (
-                auto
-            ):  # auto budget: the n best paths with the best tokens/s (and: do the heads pay for themselves?)
-                n = budget.best_budget(tree.score[1:].sort(descending=True).values)
-            if guess:  # the context's continuation joins the heads' tree
-                drafted = tree_tokens(tree, root_t, top_tokens)
-                tree, top_tokens, top_logp = union_tree(tree, drafted, guess, index.match, stats), None, None
-                if auto:  # the heads' cost is spent now: cut the union by what its nodes yield per step time
-                    n = budget.chain_budget(tree.score[1:].sort(descending=True).values)
-        t1 = t0 + heads_s
-        fixed = static is not None and not (heads_now and guess)  # the static tree as it is: its own buffers
-        if not fixed:
-            if n is not None:
-                tree = top_nodes(tree, n)
-            if tree.size > room:  # a union over the budget (or the engine's largest step): its best nodes
-                tree = top_nodes(tree, room - 1)
-        buffers = static_buffers if fixed else tree_buffers(tree)
+        d = drafts[0]
+        tree, tokens, buffers = d.tree, d.tokens, d.buffers  # [T], [T], tree_mask [T, T]
         if cfg.keep_hidden:
             result.roots.append(len(result.tokens) - 1)
             result.hiddens.append(hidden.detach().float().cpu())
-        tokens = tree_tokens(tree, root_t, top_tokens)  # [T]
-        result.predicted.append(expected_tokens(tree, buffers.tree_mask, top_logp))
+        result.predicted.append(expected_tokens(tree, buffers.tree_mask, d.logp))
         result.tree_sizes.append(tree.size)
-        t2 = _now(device)
+        t1 = now(device)
         hiddens, logits = engine.step(tokens, buffers.position_offsets, buffers.tree_mask)  # [T, H], [T, V]
         if cfg.acceptance == "sample":
             path, root = accept_sample(tree, tokens, logits, cfg, generator)
@@ -449,18 +400,18 @@ def generate(
             path, root = accept_deterministic(tree, buffers.tree_mask, tokens, logits, cfg, generator)
         engine.accept(path)
         hidden = hiddens[path[-1]]
-        t3 = _now(device)
-        result.time_heads += t1 - t0
-        result.time_tree += t2 - t1  # sequential heads: t1 = t0 + the heads' share of building the tree
-        result.time_verify += t3 - t2
-        if budget is not None:  # the budget learns from real steps (drafting cost: the heads' trees)
-            budget.observe(tree.size, t3 - t2, t2 - t0 if heads_now else None)
+        t2 = now(device)
+        result.time_heads += heads_s
+        result.time_tree += t1 - t0 - heads_s  # sequential heads: heads_s is their share of building the tree
+        result.time_verify += t2 - t1
+        if budget is not None:  # the budget learns from real steps (drafting cost: when the heads drafted)
+            budget.observe(tree.size, t2 - t1, overhead)
         new = tokens[path[1:]].tolist() + [root]
-        done = _emit(result, new, eos, cfg, on_tokens)
-        observe_tree(tree, path, index.match if index is not None else 0, stats, result.sources)
+        done = emit_tokens(result, new, eos, cfg, on_tokens)
+        observe_tree(tree, path, d.match, drafter.stats, result.sources)
         if index is not None:
             index.extend(new)
-    result.time_total = _now(device) - t_start
+    result.time_total = now(device) - t_start
     return result
 
 
@@ -479,7 +430,7 @@ def is_greedy(cfg: DecodeConfig) -> bool:
     return cfg.acceptance == "greedy" or cfg.temperature <= 0
 
 
-def _pick(logits: torch.Tensor, cfg: DecodeConfig, generator) -> int:
+def pick_token(logits: torch.Tensor, cfg: DecodeConfig, generator) -> int:
     """The next token from [V] logits: argmax, or a draw at the temperature (typical-truncated for typical)."""
     if is_greedy(cfg):
         return int(logits.argmax())
