@@ -76,6 +76,16 @@ class DataConfig:
 
 
 @dataclass
+class DistillConfig:
+    enabled: bool = False  # first the base answers data.path's user turns itself (self-distillation)
+    output: str | None = None  # the distilled JSONL (None = <output_dir>/distilled.jsonl), resumed and reused
+    max_new_tokens: int = 256  # cap on each regenerated assistant turn
+    batch_size: int = 16  # conversations generated together, per process
+    temperature: float = 0.0  # 0 = greedy
+    max_conversations: int = 0  # distill only the first N conversations of data.path (0 = all)
+
+
+@dataclass
 class HeadsConfig:
     medusa_num_heads: int = 4  # K: head k predicts the token at t+k+2
     medusa_num_layers: int = 1  # residual blocks per head
@@ -150,6 +160,7 @@ class Recipe:
     )
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     medusa2: Medusa2Config = field(default_factory=Medusa2Config)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -170,6 +181,8 @@ class Recipe:
             "train.eval_batch_size": self.train.eval_batch_size,
             "train.log_every": self.train.log_every,
             "medusa2.lora_r": self.medusa2.lora_r,
+            "distill.max_new_tokens": self.distill.max_new_tokens,
+            "distill.batch_size": self.distill.batch_size,
         }
         for name, value in positive.items():
             if value < 1:
@@ -182,6 +195,8 @@ class Recipe:
             raise RecipeError(f"train.adam_betas must be two numbers in [0, 1), got {self.train.adam_betas}")
         finite_positive = {"train.lr": self.train.lr}
         finite_non_negative = {
+            "distill.temperature": self.distill.temperature,
+            "distill.max_conversations": self.distill.max_conversations,
             "train.weight_decay": self.train.weight_decay,
             "train.max_grad_norm": self.train.max_grad_norm,
             "train.num_epochs": self.train.num_epochs,

@@ -26,6 +26,7 @@ written by a different recipe is refused. output.push_to_hub uploads final/ (tra
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
 import itertools
 import json
@@ -62,6 +63,9 @@ from train.config import RecipeError, flatten, load_recipe
 from train.features import cache_features, collate_features, to_device, tqdm_
 from train.guards import lock_output, model_problem, output_problem
 from train.trainee import IGNORE, Trainee, shifted_targets  # noqa: F401  (shifted_targets: the public API)
+
+# process-group timeout while the distill stage runs (the default 10-30 min is too short)
+DISTILL_TIMEOUT_H = 12
 
 
 # ----------------------------------------------------------------------------- data order, eval
@@ -227,6 +231,9 @@ def setup(cfg, recipe: str) -> Run:
     # gather crashes). A plain single process must not get a backend (accelerate would then expect a group).
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     kwargs = [InitProcessGroupKwargs(backend="gloo")] if distributed and not torch.cuda.is_available() else []
+    if cfg.distill.enabled and distributed:  # processes wait for the slowest share of the distillation
+        backend = {"backend": "gloo"} if kwargs else {}
+        kwargs = [InitProcessGroupKwargs(timeout=datetime.timedelta(hours=DISTILL_TIMEOUT_H), **backend)]
     accelerator = Accelerator(
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         mixed_precision=t.mixed_precision,
@@ -247,13 +254,21 @@ def setup(cfg, recipe: str) -> Run:
     # checkpoints of this run carry its id: starting over, the earlier run's are pruned at the first save
     run_id = ((read_state(ckpt) or {}).get("run_id") if ckpt else None) or uuid.uuid4().hex
 
+    train_path = cfg.data.path
+    if cfg.distill.enabled:  # the first stage: the base answers the conversations itself (cached, resumable)
+        from train.distill_stage import distilled_data
+
+        try:
+            train_path = distilled_data(cfg, accelerator)
+        except (ValueError, OSError) as e:  # data.distill's DistillError is a ValueError naming the problem
+            fail(f"distill: {e}")
     m = cfg.model
     base, tokenizer = load_base_model(
         m.name_or_path, m.dtype, m.revision, m.trust_remote_code, accelerator.device, purpose="train"
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collate_fn = functools.partial(_collate, pad_id=pad_id)
-    train_ds, eval_ds = build_data(cfg, accelerator, tokenizer)
+    train_ds, eval_ds = build_data(cfg, accelerator, tokenizer, train_path)
     heads, model, train_ds, eval_ds, collate_fn = build_trainee(
         cfg, accelerator, base, tokenizer, train_ds, eval_ds, collate_fn
     )
@@ -288,7 +303,7 @@ def setup(cfg, recipe: str) -> Run:
     d = cfg.data
     metrics = {
         "heads": [],
-        "train_data": d.path,
+        "train_data": d.path if train_path == d.path else f"{train_path} (distilled from {d.path})",
         "eval_data": d.eval_data or f"{d.eval_fraction:g} of the train data",
     }
     return Run(
@@ -330,16 +345,17 @@ def pick_checkpoint(cfg, accelerator) -> str | None:
     return ckpt
 
 
-def build_data(cfg, accelerator, tokenizer):
+def build_data(cfg, accelerator, tokenizer, path: str | None = None):
     """-> (train dataset, eval dataset or None): tokenized with the recipe's template; a seeded eval split of the
-    training data when no eval file is named (the same on every process and every run); capped as asked."""
+    training data when no eval file is named (the same on every process and every run); capped as asked.
+    ``path``: the training conversations (default data.path; the distilled file after the distill stage)."""
     from data.chat import build_dataset
 
     d, t = cfg.data, cfg.train
     build = dict(max_length=d.max_length, template=d.template, skip_bad=d.skip_bad, pack=d.pack)
     build |= dict(cache_dir=d.cache_dir, num_proc=d.num_proc)
     with accelerator.main_process_first():
-        train_ds = build_dataset(tokenizer, d.path, split=d.split, **build)
+        train_ds = build_dataset(tokenizer, path or d.path, split=d.split, **build)
         eval_ds = build_dataset(tokenizer, d.eval_data, split=d.eval_split, **build) if d.eval_data else None
     if eval_ds is None and d.eval_fraction > 0:
         perm = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(t.seed)).tolist()

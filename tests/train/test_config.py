@@ -145,12 +145,10 @@ def test_cli_dry_run(how):
 def test_missing_data_and_recipe_files_fail_before_any_model_loads(tmp_path, capsys):
     from train.medusa import main
 
-    with pytest.raises(
-        SystemExit
-    ):  # the 7B recipe's distilled data is not shipped: named, with where to look
-        main(["recipes/vicuna7b-sequential.yaml", "--dry-run"])
+    with pytest.raises(SystemExit):  # a data file that is not there: named, with where to look
+        main(["recipes/tiny-test.yaml", "data.path=data/no-such-file.json", "--dry-run"])
     err = capsys.readouterr().err
-    assert "data file not found: data.path: data/sharegpt_vicuna_distilled.json" in err and "header" in err
+    assert "data file not found: data.path: data/no-such-file.json" in err and "header" in err
     for path in (str(tmp_path / "nope.yaml"), str(tmp_path)):
         with pytest.raises(SystemExit):
             main([path])
@@ -162,7 +160,10 @@ def test_dry_run_checks_the_model_and_output_folders(tmp_path, capsys, monkeypat
     output_dir that is a file and a resume path that does not exist, before anything loads."""
     from train.medusa import main
 
+    import huggingface_hub.constants  # first, so the offline switch below is undone after the test
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here: the Hub cannot confirm an uncached id
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once, at import
     cases = {
         f"model.name_or_path={tmp_path / 'no-model'}": "is not a folder",
         "model.name_or_path=nobody/no-such-model-xyz": "not in the local Hugging Face cache",

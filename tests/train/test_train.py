@@ -413,3 +413,55 @@ def test_no_deepspeed_accelerator_warning_on_cpu():
     code = "import sys, infer.pipeline, infer.serve, infer.bench; print('deepspeed' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.stdout.strip() == "False", done.stderr  # inference does not load DeepSpeed at all
+
+
+# ---------------------------------------------------------------------- the distill stage
+def test_distill_stage_answers_a_dataset_folder_resumes_and_is_reused(assets, tmp_path, monkeypatch):
+    """distill.enabled: the base answers the conversations of a dataset folder (as a Hub dataset id would be read)
+    before training; a killed stage resumes where it stopped; a later run reuses the file, loading no model for it;
+    other settings are refused."""
+    import data.distill
+    from infer.cli import CliError
+
+    folder = tmp_path / "sharegpt"
+    folder.mkdir()
+    with open(assets["data"]) as f:
+        records = json.load(f)[:16]
+    (folder / "train.json").write_text(json.dumps(records))
+    out = str(tmp_path / "out")
+    stage = [
+        "data.path=" + str(folder),
+        "distill.enabled=true",
+        "distill.max_new_tokens=6",
+        "distill.batch_size=4",
+    ]
+    real = data.distill.distill
+    calls = []
+
+    def killed_after_5(*args, **kwargs):  # the first run dies after 5 answers, as a kill would leave it
+        real(*args, **{**kwargs, "max_records": 5})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data.distill, "distill", killed_after_5)
+    with pytest.raises(KeyboardInterrupt):
+        run(assets, out, *stage, "train.max_steps=2")
+    monkeypatch.setattr(data.distill, "distill", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
+    run(assets, out, *stage, "train.max_steps=2")
+    assert calls[0]["already_done"] == 5 and calls[0]["written"] == 11  # resumed, not started over
+    with open(os.path.join(out, "distilled.jsonl")) as f:
+        distilled = [json.loads(line) for line in f]
+    assert len(distilled) == 16 and all(r["provenance"]["model"] == assets["model"] for r in distilled)
+    originals = [t["value"] for r in records for t in r["conversations"] if t["from"] == "gpt"]
+    answers = [m["content"] for r in distilled for m in r["messages"] if m["role"] == "assistant"]
+    assert answers and not set(answers) & set(originals)  # the base's own answers, not the dataset's
+    assert "distilled from" in json.load(open(os.path.join(out, "final", "metrics.json")))["train_data"]
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a complete distilled file must be reused")
+
+    monkeypatch.setattr(data.distill, "distill", no_model)
+    reuse = ["distill.output=" + os.path.join(out, "distilled.jsonl"), "train.max_steps=2"]
+    run(assets, str(tmp_path / "again"), *stage, *reuse)
+    assert os.path.exists(tmp_path / "again" / "final" / "model.safetensors")
+    with pytest.raises(CliError, match="distill: .*distilled with .*delete it"):
+        run(assets, str(tmp_path / "third"), *stage, *reuse, "distill.max_new_tokens=7")
