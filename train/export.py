@@ -178,6 +178,8 @@ def export_heads(
         revision = None if base_model else cfg.base_model_revision
         shared, base_type = _base_lm_head(base_name, revision, V, H)
         shared = shared.to("cpu", dtype)
+    elif base_name:  # own projections: the base is only named, but heads of another size would not load there
+        base_type = _check_base_fits(base_name, None if base_model else cfg.base_model_revision, V, H, warn)
 
     vocab = list(cfg.head_vocab) if cfg.head_vocab is not None else None
     keep_map = token_map and vocab is not None  # vLLM's truncated rows + token_map
@@ -404,6 +406,27 @@ def _stored_dtype(folder: str) -> torch.dtype:
                     if dtype is not None:
                         return dtype
     return torch.float32
+
+
+def _check_base_fits(name: str, revision: str | None, V: int, H: int, warn) -> str | None:
+    """Refuse heads whose hidden size or vocabulary differ from the base's config (-> its model_type); a config
+    that cannot be read here (an uncached Hub id offline) is a warning, not an error."""
+    from transformers import AutoConfig
+
+    from infer.base import BaseModelError, resolve_model_path
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(name), revision=revision)
+    except (BaseModelError, OSError, ValueError) as e:
+        warn(f"could not read the base model's config to check that the heads fit it ({str(e)[:200]})")
+        return None
+    theirs = (getattr(config, "vocab_size", None), getattr(config, "hidden_size", None))
+    if None not in theirs and theirs != (V, H):
+        raise ExportError(
+            f"the heads (vocabulary {V}, hidden size {H}) do not fit the base model {name!r} (vocabulary "
+            f"{theirs[0]}, hidden size {theirs[1]}): pass the --base-model they were trained on"
+        )
+    return getattr(config, "model_type", None)
 
 
 def _base_lm_head(name: str, revision: str | None, V: int, H: int) -> tuple[torch.Tensor, str | None]:

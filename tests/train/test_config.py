@@ -158,9 +158,9 @@ def test_missing_data_and_recipe_files_fail_before_any_model_loads(tmp_path, cap
 def test_dry_run_checks_the_model_and_output_folders(tmp_path, capsys, monkeypatch):
     """--dry-run (and every run) refuses a base model that is neither a folder nor a Hub id it can confirm, an
     output_dir that is a file and a resume path that does not exist, before anything loads."""
-    from train.medusa import main
-
     import huggingface_hub.constants  # first, so the offline switch below is undone after the test
+
+    from train.medusa import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here: the Hub cannot confirm an uncached id
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once, at import

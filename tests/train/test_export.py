@@ -507,3 +507,14 @@ def test_cli(tmp_path, base, capsys):
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "heads"), "--format", "onnx", "--out", str(tmp_path / "x")])
     assert e.value.code == 2
+
+
+def test_own_heads_for_another_base_are_refused(tmp_path, base):
+    """Heads with own projections name their base only; heads of another size than that base are refused."""
+    _heads(tmp_path / "heads", base[0], "own_lm_head", L=1)
+    small = tmp_path / "small"
+    tiny_model("llama", vocab_size=64, hidden_size=H, layers=1).save_pretrained(small)
+    with pytest.raises(ExportError, match=r"do not fit the base model .*vocabulary 64"):
+        export_heads(str(tmp_path / "heads"), "tgi", str(tmp_path / "x"), base_model=str(small))
+    assert not os.path.exists(tmp_path / "x")
+    export_heads(str(tmp_path / "heads"), "tgi", str(tmp_path / "y"))  # the base they name fits
