@@ -6,11 +6,13 @@ trainer_state.json (with a hash of each rank's trainable weights) and state/ (op
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import tempfile
 from contextlib import nullcontext
 
 
@@ -42,8 +44,74 @@ def complete_checkpoints(output_dir):
     return sorted(paths, key=lambda p: int(p.rsplit("-", 1)[1]))
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint that could not be written (a full disk, most often): says why, what is kept and how to go on."""
+
+
+MIN_FREE = 64 * 2**20  # bytes: less free space than this after a failed write means the disk is full
+
+
+def disk_full(error: BaseException, folder: str) -> bool:
+    """Whether a write failed for lack of space: ENOSPC, torch's zip writer's "unexpected pos" (what a full disk
+    looks like through torch.save), or next to no free space left on ``folder``'s filesystem."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if any(s in str(error) for s in ("unexpected pos", "No space left", "PytorchStreamWriter failed")):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < MIN_FREE
+    except OSError:
+        return False
+
+
 def save_checkpoint(accelerator, model, cfg, name, trainer_state, metrics, with_state):
-    """All processes call this. Writes output_dir/name.tmp, then renames it; prunes old checkpoint-* folders."""
+    """All processes call this. Writes output_dir/name.tmp, then renames it; prunes old checkpoint-* folders.
+    A failed write removes the half-written folder and raises :class:`CheckpointWriteError`; when ``final`` fails,
+    the trained heads alone (no optimizer state: much smaller) are rescued first, beside it or in the temp folder."""
+    out_dir = cfg.output.output_dir
+    try:
+        return _save(accelerator, model, cfg, name, trainer_state, metrics, with_state)
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, CheckpointWriteError):
+            raise
+        if accelerator.is_main_process:
+            shutil.rmtree(os.path.join(out_dir, name + ".tmp"), ignore_errors=True)
+        why = "the disk is full" if disk_full(e, out_dir) else f"{type(e).__name__}: {e}"
+        what = f"could not write {os.path.join(out_dir, name)}: {why}"
+        if name == "final" and accelerator.is_main_process:
+            rescued = _rescue_heads(accelerator, model, out_dir, trainer_state.get("run_id") or "run")
+            kept = (
+                f"the trained heads were saved to {rescued}"
+                if rescued
+                else "the heads could not be saved anywhere"
+            )
+            raise CheckpointWriteError(
+                f"{what}; {kept}. Free some space and run the same command again: output.resume=auto continues "
+                "from the last complete checkpoint"
+            ) from e
+        raise CheckpointWriteError(
+            f"{what}; the previous checkpoints are untouched. Free some space and run the same command again "
+            "(output.resume=auto continues from the last complete one)"
+        ) from e
+
+
+def _rescue_heads(accelerator, model, out_dir: str, run_id: str) -> str | None:
+    """The heads alone (config.json + model.safetensors), where they fit: beside the output, else the temp folder."""
+    heads = accelerator.unwrap_model(model).heads
+    for folder in (
+        os.path.join(out_dir, "final-heads-rescued"),
+        os.path.join(tempfile.gettempdir(), f"heads-{run_id}"),
+    ):
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            heads.save_pretrained(folder)
+            return folder
+        except (OSError, RuntimeError):
+            shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
+def _save(accelerator, model, cfg, name, trainer_state, metrics, with_state):
     out_dir = cfg.output.output_dir
     final, tmp = os.path.join(out_dir, name), os.path.join(out_dir, name + ".tmp")
     if accelerator.is_main_process:

@@ -50,6 +50,7 @@ from torch import nn
 import train  # noqa: F401  (first: sets DS_ACCELERATOR on CPU-only machines before DeepSpeed loads)
 from infer.cli import fail
 from train.checkpoint import (
+    CheckpointWriteError,
     checkpoint_damage,
     complete_checkpoints,
     gathered,
@@ -175,8 +176,13 @@ def main(argv=None):
         return None
     run = setup(cfg, recipe)
     resume(run)
-    stopped = train_loop(run)
-    return finish(run, stopped)
+    try:
+        stopped = train_loop(run)
+        return finish(run, stopped)
+    except CheckpointWriteError as e:  # a full disk: said plainly, the heads rescued when final/ failed
+        if run.release is not None:
+            run.release()
+        fail(e)
 
 
 # ----------------------------------------------------------------------------- setup

@@ -465,3 +465,38 @@ def test_distill_stage_answers_a_dataset_folder_resumes_and_is_reused(assets, tm
     assert os.path.exists(tmp_path / "again" / "final" / "model.safetensors")
     with pytest.raises(CliError, match="distill: .*distilled with .*delete it"):
         run(assets, str(tmp_path / "third"), *stage, *reuse, "distill.max_new_tokens=7")
+
+
+# ---------------------------------------------------------------------- a full disk
+def test_a_full_disk_is_named_and_the_heads_are_rescued(assets, tmp_path, monkeypatch, capsys):
+    """torch.save on a full disk says "unexpected pos ..."; the run must say the disk is full, leave no half-written
+    folder, and, when final/ cannot be written and no checkpoint exists, keep the trained heads elsewhere."""
+    import shutil
+    from collections import namedtuple
+
+    from infer.cli import CliError
+    from infer.heads import MedusaHeads
+
+    real = MedusaHeads.save_pretrained
+    calls = []
+
+    def full_disk_once(self, folder, *args, **kwargs):
+        calls.append(folder)
+        if len(calls) == 1:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 207232 vs 207120")
+        return real(self, folder, *args, **kwargs)
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(MedusaHeads, "save_pretrained", full_disk_once)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 0))
+    out = str(tmp_path / "out")
+    with pytest.raises(
+        CliError, match="could not write .*final: the disk is full; the trained heads were saved to"
+    ):
+        run(assets, out, "output.save_every=1000", "train.max_steps=2")
+    assert "error: could not write" in capsys.readouterr().err
+    rescued = os.path.join(out, "final-heads-rescued")
+    assert calls[-1] == rescued and not os.path.exists(os.path.join(out, "final.tmp"))
+    assert not os.path.exists(os.path.join(out, "final")) and not os.path.exists(os.path.join(out, ".lock"))
+    heads = MedusaHeads.from_pretrained(rescued)
+    assert heads.num_heads == 3
