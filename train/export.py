@@ -79,21 +79,23 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from infer.heads import CONFIG_NAME, WEIGHTS_NAME, HeadsError, MedusaHeads, resolve_heads_path
+from infer.heads import WEIGHTS_NAME, HeadsError, MedusaHeads, resolve_heads_path
+from infer.heads_formats import (
+    CHOICES_NAME,
+    MEDUSA_ST,
+    original_files,
+    vllm_files,
+)
 
 FORMATS = ("vllm", "tgi", "trtllm", "medusa1")
 STATIC_TREE_NODES = 16  # the static tree infer.generate uses under --node-budget auto
 TRTLLM_MAX_DRAFT_LEN = 63  # convert_checkpoint.py --max_medusa_token_len default
 TRTLLM_MODEL_TYPES = ("llama", "mixtral", "qwen2")  # convert_checkpoint.py --model_type choices
 MEDUSA1_BASE_TYPES = ("llama", "mistral")  # FasterDecoding MedusaModel.from_pretrained dispatch
-MEDUSA1_FIXED_HEADS = 5  # FasterDecoding MedusaModelABC.from_pretrained sets medusa_num_heads = 5 (a TODO)
 VLLM_CHECKED = (
     "0.32.0"  # the vLLM release bench/check_vllm_export.py ran this layout in (the last with Medusa)
 )
-CHOICES_NAME = "medusa_choices.json"
 README_NAME = "README.md"
-MEDUSA_PT = "medusa_lm_head.pt"
-MEDUSA_ST = "medusa_lm_head.safetensors"
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
@@ -211,9 +213,9 @@ def export_heads(
             )
         )
     if fmt == "vllm":
-        files = _vllm_files(cfg, base_name, projection, block, shared is not None, keep_map, mb_per_row, warn)
+        files = vllm_files(cfg, base_name, projection, block, shared is not None, keep_map, mb_per_row, warn)
     else:
-        files = _original_files(fmt, cfg, base_name, projection, block, shared is not None, mb_per_row, warn)
+        files = original_files(fmt, cfg, base_name, projection, block, shared is not None, mb_per_row, warn)
         if fmt == "trtllm" and base_type and base_type not in TRTLLM_MODEL_TYPES:
             warn(
                 f"TensorRT-LLM's Medusa convert_checkpoint.py takes llama, mixtral or qwen2 bases, not {base_type}"
@@ -227,98 +229,6 @@ def export_heads(
     )
     _write(out, files, force)
     return warnings
-
-
-def _vllm_files(
-    cfg, base_name, projection, block, shared: bool, keep_map: bool, mb_per_row: float, warn
-) -> dict[str, object]:
-    """vLLM: config.json + model.safetensors. A shared lm_head is stored once (original_lm_head); with
-    ``keep_map`` a head vocabulary is kept as truncated projection rows + token_map, else the projection covers the
-    full vocabulary (rows outside the head vocabulary are zero: see :func:`export_heads`)."""
-    K, L = cfg.medusa_num_heads, cfg.medusa_num_layers
-    rows = torch.tensor(cfg.head_vocab, dtype=torch.long) if keep_map else None
-    state = {
-        f"blocks.{k}.layers.{layer}.{name}": block(k, layer, name)
-        for k in range(K)
-        for layer in range(L)
-        for name in ("weight", "bias")
-    }
-    for k in range(1 if shared else K):
-        w = projection(k)
-        state[f"lm_heads.{k}.weight"] = (w[rows] if rows is not None else w).contiguous()
-    if rows is not None:
-        state["token_map"] = rows
-    if shared:
-        n = state["lm_heads.0.weight"].shape[0]
-        warn(
-            f"shared_lm_head: vLLM's Medusa cannot read the base model's lm_head, so one copy of it ({n} rows, "
-            f"{n * mb_per_row:.1f} MB) is stored as original_lm_head (lm_heads.0.weight), shared by all heads"
-        )
-    elif rows is not None:
-        warn(
-            "own projections with a reduced head vocabulary are written as per-head truncated lm_heads + token_map, "
-            "which vLLM loads where it builds each lm_head with truncated_vocab_size (e.g. commit 09cddad8); newer "
-            "vLLM builds per-head lm_heads with the full vocab_size, honours token_map only with original_lm_head, "
-            "and fails to load these (AssertionError in VocabParallelEmbedding.weight_loader)"
-        )
-    if keep_map:
-        warn(
-            "token_map layout: vLLM 0.32 loads it only with --model-loader-extra-config "
-            "'{\"enable_weights_track\": false}' (its Medusa load_weights does not report token_map as loaded)"
-        )
-    truncated = len(rows) if rows is not None else cfg.vocab_size
-    return {CONFIG_NAME: _vllm_config(cfg, base_name, shared, truncated), WEIGHTS_NAME: state}
-
-
-def _original_files(
-    fmt: str, cfg, base_name, projection, block, shared: bool, mb_per_row: float, warn
-) -> dict[str, object]:
-    """tgi / trtllm / medusa1: FasterDecoding's config + medusa_lm_head with a full [V, H] projection per head."""
-    K, L, V = cfg.medusa_num_heads, cfg.medusa_num_layers, cfg.vocab_size
-    if shared:
-        warn(
-            f"shared_lm_head: {fmt} holds one projection per head, so the base lm_head is copied into each of the "
-            f"{K} heads ({K} x {V * mb_per_row:.1f} MB = {K * V * mb_per_row:.1f} MB)"
-        )
-    state = {}
-    for k in range(K):
-        for layer in range(L):
-            state[f"{k}.{layer}.linear.weight"] = block(k, layer, "weight")
-            state[f"{k}.{layer}.linear.bias"] = block(k, layer, "bias")
-        # a tensor of its own per head: safetensors refuses tensors that share storage
-        state[f"{k}.{L}.weight"] = projection(k).clone()
-    if fmt == "medusa1" and K != MEDUSA1_FIXED_HEADS:
-        what = (
-            f"heads {K}..{MEDUSA1_FIXED_HEADS - 1} are left untrained, so pass the {CHOICES_NAME} written here "
-            f"(depth <= {K}), not its default trees (depth 4)"
-            if K < MEDUSA1_FIXED_HEADS
-            else f"only the first {MEDUSA1_FIXED_HEADS} are loaded"
-        )
-        warn(
-            f"FasterDecoding's MedusaModel.from_pretrained builds {MEDUSA1_FIXED_HEADS} heads whatever "
-            f"medusa_num_heads says (medusa_model.py); with {K} heads, {what}"
-        )
-    config = {"medusa_num_heads": K, "medusa_num_layers": L, "base_model_name_or_path": base_name}
-    return {CONFIG_NAME: config, MEDUSA_PT if fmt == "medusa1" else MEDUSA_ST: state}
-
-
-def _vllm_config(cfg, base_name: str, original_lm_head: bool, truncated: int) -> dict:
-    """vLLM's MedusaConfig fields. No other key may hold "num" with "heads" or "layers": vLLM's from_pretrained
-    renames every such key to num_heads / num_hidden_layers."""
-    return {
-        "architectures": ["MedusaModel"],
-        "model_type": "medusa",
-        "hidden_size": cfg.hidden_size,
-        "vocab_size": cfg.vocab_size,
-        "num_heads": cfg.medusa_num_heads,
-        "num_hidden_layers": cfg.medusa_num_layers,
-        "max_paths": 64,  # vLLM's defaults; its Medusa drafts top-1 tokens and reads neither
-        "topk": 10,
-        "truncated_vocab_size": truncated,
-        "medusa_fc_bias": True,
-        "original_lm_head": original_lm_head,
-        "base_model_name_or_path": base_name,
-    }
 
 
 # ---------------------------------------------------------------------- inputs
