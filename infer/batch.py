@@ -41,6 +41,7 @@ from .context import observe_tree
 from .decode import (
     DecodeConfig,
     DecodeResult,
+    Sampling,
     accept_deterministic,
     accept_sample,
     emit_tokens,
@@ -57,7 +58,9 @@ from .drafters import Drafter, RowState
 class Row:
     """One sequence of the batch."""
 
-    cfg: DecodeConfig  # its own max_new_tokens / acceptance / temperature (the drafting settings are the batch's)
+    sampling: (
+        Sampling  # its own max_new_tokens / acceptance / temperature (the drafting settings are the batch's)
+    )
     result: DecodeResult
     on_tokens: Callable[[list[int]], None] | None = None  # called with each step's new tokens (streaming)
     generator: torch.Generator | None = None
@@ -81,7 +84,7 @@ class BatchDecoder:
         from transformers import DynamicCache
 
         self.model, self.cfg = model, cfg or DecodeConfig()
-        self.drafter = Drafter(model, heads, self.cfg, tree_room(self.cfg, None if self.cfg.context else heads),
+        self.drafter = Drafter(model, heads, self.cfg.drafting, tree_room(self.cfg, None if self.cfg.context else heads),
                                batched=True)  # fmt: skip
         self.plain, self.heads = self.drafter.plain, self.drafter.heads
         self.eos = stop_ids(model) if eos is None else eos
@@ -102,20 +105,25 @@ class BatchDecoder:
     def add(
         self,
         input_ids: torch.Tensor,
-        cfg: DecodeConfig | None = None,
+        sampling: Sampling | DecodeConfig | None = None,
         on_tokens=None,
         generator=None,
         tag=None,
     ):
         """Prefill one prompt ``input_ids`` [1, L] alone and append it to the batch -> its Row (already holding
-        the prefill's token; ``row.done`` when that token ended it)."""
+        the prefill's token; ``row.done`` when that token ended it). ``sampling``: the row's own settings (a
+        DecodeConfig's sampling part is taken; default: the decoder's)."""
         from transformers import DynamicCache
 
         if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be [1, L] with L >= 1, got {tuple(input_ids.shape)}")
-        cfg = cfg or self.cfg
+        if sampling is None or isinstance(sampling, DecodeConfig):
+            sampling = (sampling or self.cfg).sampling
+        cfg = sampling
         check_window(self.model, input_ids.shape[1] + cfg.max_new_tokens + self.drafter.room)
-        row = Row(cfg=cfg, result=DecodeResult(tokens=[]), on_tokens=on_tokens, generator=generator, tag=tag)
+        row = Row(
+            sampling=cfg, result=DecodeResult(tokens=[]), on_tokens=on_tokens, generator=generator, tag=tag
+        )
         t0 = now(self.device)
         L = input_ids.shape[1]
         cache = DynamicCache()
@@ -205,11 +213,11 @@ class BatchDecoder:
             paths = []
             for b, (r, d) in enumerate(zip(self.rows, drafts)):
                 n = d.tokens.numel()
-                if r.cfg.acceptance == "sample":
-                    path, root = accept_sample(d.tree, d.tokens, logits[b, :n], r.cfg, r.generator)
+                if r.sampling.acceptance == "sample":
+                    path, root = accept_sample(d.tree, d.tokens, logits[b, :n], r.sampling, r.generator)
                 else:
                     path, root = accept_deterministic(
-                        d.tree, d.buffers.tree_mask, d.tokens, logits[b, :n], r.cfg, r.generator
+                        d.tree, d.buffers.tree_mask, d.tokens, logits[b, :n], r.sampling, r.generator
                     )
                 r.result.predicted.append(expected_tokens(d.tree, d.buffers.tree_mask, d.logp))
                 r.result.tree_sizes.append(n)
@@ -219,20 +227,22 @@ class BatchDecoder:
                 observe_tree(d.tree, path, d.match, self.drafter.stats, r.result.sources)
                 if r.index is not None:
                     r.index.extend(new)
-                if emit_tokens(r.result, new, self.eos, r.cfg, r.on_tokens):
+                if emit_tokens(r.result, new, self.eos, r.sampling, r.on_tokens):
                     finished.append(r)
             self.valid = compact_rows(self.cache, self.valid, S, paths)
         else:  # nothing to move in the cache: every row keeps its one new slot
             greedy = logits[:, 0].argmax(-1).tolist()  # one host sync for the batch
             for b, r in enumerate(self.rows):
-                root = greedy[b] if is_greedy(r.cfg) else pick_token(logits[b, 0], r.cfg, r.generator)
+                root = (
+                    greedy[b] if is_greedy(r.sampling) else pick_token(logits[b, 0], r.sampling, r.generator)
+                )
                 if not self.plain:
                     r.result.predicted.append(1.0)
                 r.result.tree_sizes.append(1)
                 r.hidden, r.root, r.pos = hiddens[b, 0], root, r.pos + 1
                 if r.index is not None:
                     r.index.extend([root])
-                if emit_tokens(r.result, [root], self.eos, r.cfg, r.on_tokens):
+                if emit_tokens(r.result, [root], self.eos, r.sampling, r.on_tokens):
                     finished.append(r)
             self.valid = F.pad(self.valid, (0, 1), value=True)
         for r in finished:
@@ -263,7 +273,7 @@ def generate_batch(
     cfg: DecodeConfig | None = None,
     eos: set[int] | None = None,
     latency=None,
-    configs: list[DecodeConfig] | None = None,
+    configs: list[Sampling | DecodeConfig] | None = None,
     generators: list[torch.Generator] | None = None,
 ) -> list[DecodeResult]:
     """Decode ``prompts`` (each [1, L_b]) together -> one DecodeResult per prompt, in order. ``configs``: per-row
@@ -278,6 +288,6 @@ def generate_batch(
     return [r.result for r in rows]
 
 
-def row_config(cfg: DecodeConfig, **changes) -> DecodeConfig:
-    """A row's settings: the batch's drafting settings with its own max_new_tokens / acceptance / temperature."""
-    return dataclasses.replace(cfg, **changes)
+def row_config(cfg: DecodeConfig, **changes) -> Sampling:
+    """A row's settings: the batch's sampling settings with its own max_new_tokens / acceptance / temperature."""
+    return dataclasses.replace(cfg.sampling, **changes)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -36,23 +36,43 @@ DRAFTERS = (
 DEFAULT_CHOICES = [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 0, 0, 0)]
 
 
-@dataclass
-class DecodeConfig:
-    tree: str = "dynamic"  # "dynamic" (n best paths each step), "static" (medusa_choices) or "none" (plain)
-    node_budget: int = 64  # n: candidate nodes in the dynamic tree (the root not counted)
-    top_m: int = 8  # m: candidates taken from each head
-    depth: int | None = None  # heads used (tree depth); None = all heads
-    medusa_choices: list | None = None  # static tree paths; None = DEFAULT_CHOICES
+@dataclass(frozen=True)
+class Sampling:
+    """Per-request settings: how each step's tokens are chosen and when the request ends (what a server request
+    carries). The decode loops read only these per row; the drafting settings are the engine's (:class:`Drafting`)."""
+
     acceptance: str = "greedy"  # "greedy" (lossless), "typical" (Medusa) or "sample" (lossless sampling)
     temperature: float = 0.0  # sampling temperature for "typical" and "sample"
     posterior_threshold: float = 0.09  # typical acceptance: epsilon
     posterior_alpha: float = 0.3  # typical acceptance: alpha (~ sqrt of epsilon)
     max_new_tokens: int = 256  # stop after this many new tokens
+
+    def __post_init__(self):
+        if self.acceptance not in ACCEPTANCE:
+            raise ValueError(f"acceptance must be one of {ACCEPTANCE}, got {self.acceptance!r}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if self.acceptance != "greedy" and self.temperature <= 0:
+            raise ValueError(f"acceptance {self.acceptance!r} needs temperature > 0 (use greedy for 0)")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+
+
+@dataclass
+class Drafting:
+    """Engine-wide settings: who drafts and how big the trees are (one per pipeline or server; :class:`.drafters.
+    Drafter` reads these alone). ``calibration``, ``latency`` and ``context_stats`` are the measured state the
+    pipeline attaches."""
+
+    tree: str = "dynamic"  # "dynamic" (n best paths each step), "static" (medusa_choices) or "none" (plain)
+    node_budget: int = 64  # n: candidate nodes in the dynamic tree (the root not counted)
+    top_m: int = 8  # m: candidates taken from each head
+    depth: int | None = None  # heads used (tree depth); None = all heads
+    medusa_choices: list | None = None  # static tree paths; None = DEFAULT_CHOICES
     calibration: object | None = None  # infer.calibration.Calibration: .topk(logits [K, V], m) -> calibrated
     latency: object | None = None  # infer.budget.LatencyProfile: pick the budget (<= node_budget) each step
     beam: int | None = 8  # sequential heads: nodes of a depth that get children (None: node_budget, exact)
     min_mass: float = 0.25  # sequential heads: no deeper head call once the frontier's path probs sum below
-    keep_hidden: bool = False  # record each tree step's root index and hidden state (calibration events)
     # who drafts: "heads,context" (one tree over both), "heads", or "context" (prompt lookup: a chain, no heads)
     drafter: str = "heads,context"
     context_stats: object | None = (
@@ -66,16 +86,10 @@ class DecodeConfig:
             raise ValueError(f"drafter must be one of {DRAFTERS}, got {self.drafter!r}")
         if self.tree not in TREES:
             raise ValueError(f"tree must be one of {TREES}, got {self.tree!r}")
-        if self.acceptance not in ACCEPTANCE:
-            raise ValueError(f"acceptance must be one of {ACCEPTANCE}, got {self.acceptance!r}")
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
-        if self.acceptance != "greedy" and self.temperature <= 0:
-            raise ValueError(f"acceptance {self.acceptance!r} needs temperature > 0 (use greedy for 0)")
         if self.depth is not None and self.depth < 1:
             raise ValueError(f"depth must be >= 1 (heads used), got {self.depth}")
-        if self.node_budget < 1 or self.top_m < 1 or self.max_new_tokens < 1:
-            raise ValueError("node_budget, top_m and max_new_tokens must be >= 1")
+        if self.node_budget < 1 or self.top_m < 1:
+            raise ValueError("node_budget and top_m must be >= 1")
 
     @property
     def context(self) -> bool:
@@ -86,6 +100,42 @@ class DecodeConfig:
     def hybrid(self) -> bool:
         """Trees over the heads' candidates and the context's continuation together."""
         return self.tree != "none" and self.drafter == "heads,context"
+
+
+SAMPLING_FIELDS = tuple(f.name for f in fields(Sampling))
+DRAFTING_FIELDS = tuple(f.name for f in fields(Drafting))
+
+
+@dataclass
+class DecodeConfig(Drafting):
+    """The command-line façade: the engine's :class:`Drafting` and one request's :class:`Sampling` in one flat
+    object (``cfg.drafting`` and ``cfg.sampling`` split it; both validate their own fields), plus
+    ``keep_hidden`` for calibration's decode events."""
+
+    acceptance: str = "greedy"
+    temperature: float = 0.0
+    posterior_threshold: float = 0.09
+    posterior_alpha: float = 0.3
+    max_new_tokens: int = 256
+    keep_hidden: bool = False  # record each tree step's root index and hidden state (calibration events)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.sampling  # noqa: B018  (validates the sampling fields)
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(**{k: getattr(self, k) for k in SAMPLING_FIELDS})
+
+    @property
+    def drafting(self) -> Drafting:
+        return Drafting(**{k: getattr(self, k) for k in DRAFTING_FIELDS})
+
+    @classmethod
+    def of(cls, drafting: Drafting, sampling: Sampling, **extra) -> DecodeConfig:
+        """One flat config from the engine's drafting settings and a request's sampling settings."""
+        d = {k: getattr(drafting, k) for k in DRAFTING_FIELDS}
+        return cls(**d, **{k: getattr(sampling, k) for k in SAMPLING_FIELDS}, **extra)
 
 
 @dataclass

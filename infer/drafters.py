@@ -48,7 +48,10 @@ class Drafter:
     budget question (drafting costs every row) instead of the single sequence's."""
 
     def __init__(self, model, heads, cfg, room: int, batched: bool = False):
-        from .decode import DEFAULT_CHOICES
+        from .decode import DEFAULT_CHOICES, DecodeConfig
+
+        if isinstance(cfg, DecodeConfig):
+            cfg = cfg.drafting  # the engine's settings alone (infer.decode.Drafting)
 
         self.cfg, self.room, self.batched = cfg, room, batched
         # the context proposes a chain (alone, or beside the heads)

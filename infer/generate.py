@@ -227,6 +227,7 @@ def run(args) -> int:
         verbose=not args.json,
         engine=args.engine,
     )
+    cfg = pipe.config  # with the calibration, latency profile and context statistics the pipeline attached
     model, tokenizer, heads = pipe.model, pipe.tokenizer, pipe.heads
     if args.prompt is not None:
         convs = [[args.prompt]]

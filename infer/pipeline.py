@@ -260,7 +260,8 @@ def load_pipeline(
 
     check_device(device)
     name = model or DEFAULT_MODEL
-    cfg = config or DecodeConfig(node_budget=max_nodes)
+    # the pipeline's own copy: the measured state attached below never changes the caller's config
+    cfg = dataclasses.replace(config) if config is not None else DecodeConfig(node_budget=max_nodes)
     if (
         cfg.context or cfg.hybrid
     ) and cfg.context_stats is None:  # the context nodes' acceptance, across requests

@@ -28,7 +28,7 @@ import torch
 
 from .batch import BatchDecoder
 from .cli import fail
-from .decode import DRAFTERS, DecodeConfig, tree_room
+from .decode import DRAFTERS, DecodeConfig, Sampling, tree_room
 from .pipeline import Pipeline
 
 MAX_BODY_BYTES = 4 << 20  # a request body larger than this is refused (413) before anything parses it
@@ -53,7 +53,7 @@ class Job:
     """One request's row: its prompt, settings, and the events it streams back to the HTTP handler."""
 
     ids: torch.Tensor  # [1, L]
-    cfg: DecodeConfig
+    sampling: Sampling  # the request's own settings (the drafting settings are the server's)
     stop: list[str]
     events: asyncio.Queue
     loop: asyncio.AbstractEventLoop
@@ -99,7 +99,11 @@ class Job:
         """Decode thread: the row left the batch."""
         if self.finish_reason is None:
             r = self.row.result if self.row is not None else None
-            full = r is not None and len(r.tokens) >= self.cfg.max_new_tokens and r.tokens[-1] not in self.eos
+            full = (
+                r is not None
+                and len(r.tokens) >= self.sampling.max_new_tokens
+                and r.tokens[-1] not in self.eos
+            )
             self.finish_reason = "length" if full else "stop"
             rest = self.tokenizer.decode(self.tokens, skip_special_tokens=True)[len(self.text) :]
             if rest:  # held back (a partial character or a stop-string prefix): the generation is over now
@@ -159,7 +163,9 @@ class Engine:
                 job.finish()
                 continue
             try:  # a request that cannot be prefilled fails alone
-                row = self.decoder.add(job.ids, job.cfg, on_tokens=job.push, generator=job.generator, tag=job)
+                row = self.decoder.add(
+                    job.ids, job.sampling, on_tokens=job.push, generator=job.generator, tag=job
+                )
             except Exception as e:  # noqa: BLE001 - reported to its client, the batch is untouched
                 job.fail(f"{type(e).__name__}: {e}")
                 continue
@@ -217,8 +223,8 @@ def _utf8(texts: list[str], param: str) -> None:
             ) from None
 
 
-def parse_request(body, chat: bool, pipe: Pipeline, served: str) -> tuple[torch.Tensor, DecodeConfig, dict]:
-    """A request body -> (input ids [1, L], the row's DecodeConfig, options); RequestError when it is bad."""
+def parse_request(body, chat: bool, pipe: Pipeline, served: str) -> tuple[torch.Tensor, Sampling, dict]:
+    """A request body -> (input ids [1, L], the row's Sampling settings, options); RequestError when it is bad."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     model = body.get("model")
@@ -274,12 +280,12 @@ def parse_request(body, chat: bool, pipe: Pipeline, served: str) -> tuple[torch.
     if not isinstance(options, dict):
         raise RequestError("'stream_options' must be an object", "stream_options")
     context = getattr(pipe.model.config, "max_position_embeddings", None)
-    cfg = pipe.decode_config(
+    sampling = Sampling(
         max_new_tokens=max_tokens,
         temperature=float(temperature),
         acceptance="sample" if temperature > 0 else "greedy",
     )
-    room = tree_room(cfg, pipe.heads)
+    room = tree_room(pipe.config, pipe.heads)
     if context and ids.shape[1] + max_tokens + room > context:
         raise RequestError(
             f"this model's context is {context} tokens; the prompt has {ids.shape[1]} and max_tokens is "
@@ -289,7 +295,7 @@ def parse_request(body, chat: bool, pipe: Pipeline, served: str) -> tuple[torch.
         )
     return (
         ids,
-        cfg,
+        sampling,
         {"stop": stop, "seed": seed, "stream": stream, "usage": bool(options.get("include_usage"))},
     )
 
@@ -337,17 +343,17 @@ def build_app(pipe: Pipeline, served: str | None = None, trees: bool = True, max
         except (ValueError, RecursionError) as e:  # bad JSON, nesting too deep, integers of 4,300+ digits
             return error(RequestError(f"the request body is not valid JSON ({str(e)[:200]})"))
         try:
-            ids, cfg, opts = parse_request(body, chat, pipe, served)
+            ids, sampling, opts = parse_request(body, chat, pipe, served)
         except RequestError as e:
             return error(e)
         except Exception as e:  # noqa: BLE001 - the chat template or the tokenizer refused the input
             return error(RequestError(f"the prompt cannot be encoded: {str(e)[:300]}"))
         gen = None
-        if cfg.acceptance == "sample":
+        if sampling.acceptance == "sample":
             gen = torch.Generator(device=pipe.device)
             gen.manual_seed(opts["seed"] if opts["seed"] is not None else torch.seed())
         loop = asyncio.get_running_loop()
-        job = Job(ids, cfg, opts["stop"], asyncio.Queue(), loop, pipe.tokenizer, gen)
+        job = Job(ids, sampling, opts["stop"], asyncio.Queue(), loop, pipe.tokenizer, gen)
         engine.submit(job)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())

@@ -1,6 +1,8 @@
 """Batched decoding: every row's greedy output equals its own batch-1 output (fp32), on the four tiny architectures
 with oracle heads; rows of different lengths, their own trees and stops; rows joining and leaving mid-way."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -53,7 +55,7 @@ def test_rows_stop_on_their_own_and_join_mid_way(oracle):
         dec.step()
 
     def expect(b, n):
-        ref = generate(model, prompts[b], heads, row_config(cfg, max_new_tokens=n), eos=eos).tokens
+        ref = generate(model, prompts[b], heads, dataclasses.replace(cfg, max_new_tokens=n), eos=eos).tokens
         return ref
 
     assert r0.result.tokens == expect(0, 5) and len(r0.result.tokens) == 5

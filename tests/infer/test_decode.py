@@ -152,3 +152,24 @@ def test_sequential_heads_read_the_path(seq_oracle):
     assert not torch.allclose(a, b)
     with pytest.raises(ValueError, match="path tokens"):
         heads.head_logits(2, h, None, emb(torch.tensor([[5, 9]])))
+
+
+def test_settings_split_into_drafting_and_sampling():
+    """DecodeConfig = the engine's Drafting + a request's Sampling; each part validates its own fields."""
+    from infer.decode import DecodeConfig, Drafting, Sampling
+
+    cfg = DecodeConfig(
+        node_budget=5, drafter="context,heads", acceptance="sample", temperature=0.7, max_new_tokens=9
+    )
+    assert cfg.sampling == Sampling(acceptance="sample", temperature=0.7, max_new_tokens=9)
+    assert isinstance(cfg.drafting, Drafting) and not isinstance(cfg.drafting, DecodeConfig)
+    assert cfg.drafting.node_budget == 5 and cfg.drafting.drafter == "heads,context" and cfg.hybrid
+    assert DecodeConfig.of(cfg.drafting, Sampling(max_new_tokens=3)) == DecodeConfig(
+        node_budget=5, drafter="heads,context", max_new_tokens=3
+    )
+    with pytest.raises(ValueError, match="needs temperature > 0"):
+        Sampling(acceptance="typical")
+    with pytest.raises(ValueError, match="tree must be one of"):
+        Drafting(tree="bush")
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        DecodeConfig(max_new_tokens=0)

@@ -376,9 +376,13 @@ def test_a_server_with_the_context_drafter_answers_like_plain_decoding(folders):
     """--drafter context: no heads; each row drafts from its own context; greedy answers equal plain decoding."""
     from infer.serve import build_app
 
-    pipe = load_pipeline(str(folders / "model"), None, dtype="float32", config=DecodeConfig(drafter="context"),
-                         auto_budget=False, verbose=False)  # fmt: skip
+    mine = DecodeConfig(drafter="context")
+    pipe = load_pipeline(str(folders / "model"), None, dtype="float32", config=mine, auto_budget=False,
+                         verbose=False)  # fmt: skip
     assert pipe.heads is None
+    assert (
+        mine.context_stats is None and pipe.config.context_stats is not None
+    )  # its own copy, not the caller's
     app = build_app(pipe, SERVED, max_batch=4)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
