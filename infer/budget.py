@@ -41,6 +41,7 @@ PLAIN_MARGIN = 1.05  # plain steps win ties against trees predicted less than 5 
 WINDOW = 15  # observed/prior ratios kept per size class
 ANCHORS = (1, 2, 4, 8, 16, 32)  # tree sizes probed while decoding, fewest observations first
 RECHECK = 16  # while plain steps win, draft again every this many steps to see whether trees pay now
+RECHECK_MAX = 128  # ... doubling after each re-check that still says plain (reset when a tree pays again)
 UNPAID_RECHECK = (
     64  # while trees cannot pay at all (batched): draft and probe a tree every this many x B steps
 )
@@ -70,6 +71,9 @@ class LatencyProfile:
     probe: bool = True  # probe anchor sizes now and then (off: a pure argmax, for tests)
     skipping: bool = False  # the last draft said plain steps win: decode without drafting for a while
     skipped: int = 0  # plain steps taken since
+    recheck: int = (
+        RECHECK  # the current re-check interval (RECHECK, doubled per failed re-check, to RECHECK_MAX)
+    )
     unpaid: int = 0  # batched steps not drafted because trees could not pay (may_draft)
     force_probe: bool = False  # the next best_budget probes a tree size (a may_draft re-check)
 
@@ -101,7 +105,10 @@ class LatencyProfile:
         rows = sorted_logp if isinstance(sorted_logp, list) else [sorted_logp]
         n, rate = self._rates(rows, drafted=True)
         best = int(rate.argmax())
-        self.skipping, self.skipped = bool(n[best] == 0), 0
+        skip = bool(n[best] == 0)
+        # a re-check that still says plain: wait twice as long before the next one; a tree that pays: back to RECHECK
+        self.recheck = min(2 * self.recheck, RECHECK_MAX) if skip and self.skipping else RECHECK
+        self.skipping, self.skipped = skip, 0
         i = self._probe(max(2, 2 * int(self.sizes[best])))
         return int(n[best if i is None else i])
 
@@ -151,11 +158,12 @@ class LatencyProfile:
 
     def want_draft(self, batch: int = 1) -> bool:
         """False while plain steps win (the last draft chose n = 0): decode without drafting, re-checking with a
-        draft every RECHECK plain steps (RECHECK x batch for a batch: a draft costs every row's heads)."""
+        draft after ``recheck`` plain steps (x batch for a batch: a draft costs every row's heads); each re-check
+        that still finds plain steps better doubles the wait (RECHECK .. RECHECK_MAX)."""
         if not self.skipping:
             return True
         self.skipped += 1
-        return self.skipped % (RECHECK * batch) == 0
+        return self.skipped % (self.recheck * batch) == 0
 
     def _probe(self, limit: int) -> int | None:
         """On the probe schedule: the anchor size up to ``limit`` (twice the chosen size: probes stay cheap, and a

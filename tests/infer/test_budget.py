@@ -237,3 +237,28 @@ def test_when_plain_steps_win_auto_stops_drafting_and_stays_lossless():
         assert out.tokens == c.tolist()
         drafts = prof.steps - drafts  # best_budget runs once per drafted step
         assert out.tree_sizes.count(1) == out.steps and drafts <= 1 + out.steps // budget.RECHECK
+
+
+def test_recheck_interval_doubles_while_plain_keeps_winning_and_resets_when_trees_pay():
+    sizes = torch.arange(1, 17)
+    expensive = LatencyProfile(sizes, torch.where(sizes > 1, 10.0, 1.0).double(), 2.0, {}, probe=False)
+    sure = torch.zeros(8)  # log-probs of nodes that are always accepted
+    gaps = []
+    for _ in range(5):  # each draft: plain wins; count the plain steps until the next re-check
+        assert expensive.best_budget(sure) == 0 and expensive.skipping
+        gap = 1
+        while not expensive.want_draft():
+            gap += 1
+        gaps.append(gap)
+    assert gaps == [
+        budget.RECHECK,
+        2 * budget.RECHECK,
+        4 * budget.RECHECK,
+        budget.RECHECK_MAX,
+        budget.RECHECK_MAX,
+    ]
+    cheap = LatencyProfile(
+        sizes, torch.ones(16, dtype=torch.float64), 0.0, {}, probe=False
+    )  # trees cost nothing
+    cheap.skipping, cheap.recheck = True, budget.RECHECK_MAX  # ... after a long run of plain steps
+    assert cheap.best_budget(sure) > 0 and cheap.recheck == budget.RECHECK and not cheap.skipping
