@@ -10,7 +10,8 @@ lossless tree speculative sampling of the full distribution), ``stop`` (up to 4 
 carries ``usage`` and ``medusa`` (decode steps and tokens per step); a stream sends them in its last chunk.
 
 One decode thread owns a :class:`infer.batch.BatchDecoder`: requests that arrive while others decode join the
-batch at the next step boundary (up to ``--max-batch`` rows; the others wait their turn). A client that disconnects
+batch at the next step boundary (up to ``--max-batch`` rows; the others wait their turn, at most ``--max-queue`` of
+them: beyond that a request is refused at once with 429 "overloaded" and ``Retry-After``). A client that disconnects
 stops its row. Bad requests get a 4xx with OpenAI's error body ``{"error": {"message", "type", "param", "code"}}``.
 """
 
@@ -31,6 +32,9 @@ from .cli import fail
 from .decode import DRAFTERS, DecodeConfig, Sampling, tree_room
 from .pipeline import Pipeline
 
+MAX_QUEUE = (
+    64  # requests waiting for a row beyond this are refused with 429 "overloaded", not queued without bound
+)
 MAX_BODY_BYTES = 4 << 20  # a request body larger than this is refused (413) before anything parses it
 MAX_STOP = 4  # stop strings per request, as OpenAI's API
 
@@ -124,10 +128,10 @@ class Job:
 class Engine:
     """The decode thread: admits waiting jobs at step boundaries, steps the batch, hands tokens back."""
 
-    def __init__(self, pipe: Pipeline, trees: bool = True, max_batch: int = 8):
+    def __init__(self, pipe: Pipeline, trees: bool = True, max_batch: int = 8, max_queue: int = MAX_QUEUE):
         from .budget import BatchLatency
 
-        self.pipe, self.max_batch = pipe, max_batch
+        self.pipe, self.max_batch, self.max_queue = pipe, max_batch, max_queue
         cfg = pipe.config if trees else pipe.decode_config(tree="none")
         latency = (
             BatchLatency(pipe.model, pipe.heads, pipe.device, cfg.latency)
@@ -144,6 +148,13 @@ class Engine:
         self.thread.start()
 
     def submit(self, job: Job) -> None:
+        """Queue a job for the next step boundary; RequestError 429 when ``max_queue`` jobs already wait."""
+        if self.waiting.qsize() >= self.max_queue:
+            raise RequestError(
+                f"the server is overloaded: {self.waiting.qsize()} requests are waiting for a row; retry later",
+                status=429,
+                code="overloaded",
+            )
         job.eos = self.pipe.eos
         self.waiting.put(job)
         self.wake.set()
@@ -300,7 +311,13 @@ def parse_request(body, chat: bool, pipe: Pipeline, served: str) -> tuple[torch.
     )
 
 
-def build_app(pipe: Pipeline, served: str | None = None, trees: bool = True, max_batch: int = 8):
+def build_app(
+    pipe: Pipeline,
+    served: str | None = None,
+    trees: bool = True,
+    max_batch: int = 8,
+    max_queue: int = MAX_QUEUE,
+):
     """The FastAPI app (its decode thread starts now; ``app.state.engine.stop()`` ends it)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -308,7 +325,7 @@ def build_app(pipe: Pipeline, served: str | None = None, trees: bool = True, max
     from starlette.exceptions import HTTPException
 
     served = served or pipe.name
-    engine = Engine(pipe, trees=trees, max_batch=max_batch)
+    engine = Engine(pipe, trees=trees, max_batch=max_batch, max_queue=max_queue)
     app = FastAPI(title="medusa-toolkit server")
     app.state.engine = engine
 
@@ -354,7 +371,10 @@ def build_app(pipe: Pipeline, served: str | None = None, trees: bool = True, max
             gen.manual_seed(opts["seed"] if opts["seed"] is not None else torch.seed())
         loop = asyncio.get_running_loop()
         job = Job(ids, sampling, opts["stop"], asyncio.Queue(), loop, pipe.tokenizer, gen)
-        engine.submit(job)
+        try:
+            engine.submit(job)
+        except RequestError as e:  # overloaded: refused at once rather than queued without bound
+            return JSONResponse(e.body(), status_code=e.status, headers={"Retry-After": "1"})
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         kind = "chat.completion" if chat else "text_completion"
@@ -469,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--node-budget", default="auto", help="dynamic tree nodes per row, or auto (measured latency)")
     add("--max-nodes", type=int, default=32, help="the auto budget's upper bound")
     add("--max-batch", type=int, default=8, help="rows decoded together; more requests wait their turn")
+    add(
+        "--max-queue",
+        type=int,
+        default=MAX_QUEUE,
+        help="requests that may wait for a row; more get 429 (overloaded)",
+    )
     add("--dtype", default="auto", help="float32, bfloat16, float16 or auto (measured)")
     add("--deterministic", action="store_true",
         help="greedy answers depend only on the request (alone or among concurrent ones, streaming or not): decodes "
@@ -507,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.max_batch < 1:
             raise PipelineError("--max-batch must be >= 1")
+        if args.max_queue < 0:
+            raise PipelineError("--max-queue must be >= 0")
         _check_port(args.host, args.port)  # before minutes of loading, and before saying "serving on"
         cfg = DecodeConfig(tree=args.tree, node_budget=args.max_nodes if auto else int(args.node_budget),
                            drafter=args.drafter)  # fmt: skip
@@ -525,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"error: {e}")
     import uvicorn
 
-    app = build_app(pipe, args.served_model_name, trees=args.tree != "none", max_batch=args.max_batch)
+    app = build_app(pipe, args.served_model_name, trees=args.tree != "none", max_batch=args.max_batch,
+                    max_queue=args.max_queue)  # fmt: skip
     print(f"serving {args.served_model_name or pipe.name} on http://{args.host}:{args.port}/v1 "
           f"(trees: {args.tree}, max batch {args.max_batch})", flush=True)  # fmt: skip
     # SIGTERM / Ctrl-C: open streams get 3 s to end (they held the exit for 19 s), then the decode thread stops

@@ -404,3 +404,24 @@ def test_a_server_with_the_context_drafter_answers_like_plain_decoding(folders):
         srv.should_exit = True
         thread.join(timeout=10)
         app.state.engine.stop()
+
+
+def test_an_overloaded_server_answers_429_at_once_and_keeps_serving(server):
+    """The wait queue is bounded: past --max-queue waiting requests, a request gets 429 "overloaded" (OpenAI's
+    RateLimitError) at once instead of waiting without bound; the server answers again when there is room."""
+    engine, client = server["engine"], server["client"]
+    engine.max_queue = 0  # every request finds the queue full
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(openai.RateLimitError) as e:
+            client.chat.completions.create(
+                model=SERVED, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+            )
+        assert time.perf_counter() - t0 < 5 and e.value.status_code == 429
+        assert e.value.body["code"] == "overloaded" and e.value.response.headers["retry-after"] == "1"
+    finally:
+        engine.max_queue = 64
+    out = client.chat.completions.create(
+        model=SERVED, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert out.usage.completion_tokens > 0
