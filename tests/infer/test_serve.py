@@ -4,6 +4,7 @@ OpenAI-shaped errors after which the server keeps serving, and a client that dis
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -425,3 +426,81 @@ def test_an_overloaded_server_answers_429_at_once_and_keeps_serving(server):
         model=SERVED, messages=[{"role": "user", "content": "hi"}], max_tokens=4
     )
     assert out.usage.completion_tokens > 0
+
+
+def test_a_fault_run_hurts_no_good_request(server):
+    """All at once: 6 good streaming greedy requests, bad requests of every kind (bad JSON, unknown model, a prompt
+    past the context, a negative max_tokens, a non-finite temperature, a tiny temperature), 2 clients that hang up
+    mid-stream, a stop string and seeded sampling. No request hangs, every bad one gets a 4xx at once, and every good
+    greedy answer equals its solo answer; the server is healthy after."""
+    client, pipe, url = server["client"], server["pipe"], server["url"]
+    good, errors, statuses = {}, [], {}
+    huge = "word " * 5000
+
+    def ask(i):
+        try:
+            stream = client.chat.completions.create(
+                model=SERVED, messages=[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], max_tokens=24,
+                stream=True,
+            )  # fmt: skip
+            good[i] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append((i, e))
+
+    def bad(name, body):
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        r = httpx.post(url + "/v1/chat/completions", content=raw, timeout=60,
+                       headers={"content-type": "application/json"})  # fmt: skip
+        statuses[name] = (r.status_code, r.json().get("error", {}).get("message", "") if r.content else "")
+
+    msg = [{"role": "user", "content": "hi"}]
+    bads = {
+        "json": b"{not json",
+        "model": {"model": "nope", "messages": msg},
+        "context": {"model": SERVED, "messages": [{"role": "user", "content": huge}], "max_tokens": 8},
+        "max_tokens": {"model": SERVED, "messages": msg, "max_tokens": -3},
+        "temperature": {"model": SERVED, "messages": msg, "temperature": "nan"},
+    }
+
+    def hang_up():
+        body = {"model": SERVED, "messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": 60,
+                "stream": True}  # fmt: skip
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as response:
+            for line in response.iter_lines():
+                if line.startswith("data:") and "content" in line:
+                    break
+
+    extra = {}
+
+    def others():
+        try:
+            extra["stop"] = client.chat.completions.create(
+                model=SERVED, messages=msg, max_tokens=16, stop=["e"]
+            )
+            extra["tiny_t"] = client.chat.completions.create(
+                model=SERVED, messages=msg, max_tokens=8, temperature=1e-40
+            )
+            extra["sample"] = client.chat.completions.create(
+                model=SERVED, messages=msg, max_tokens=8, temperature=0.8, seed=3
+            )
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(("others", e))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+    threads += [threading.Thread(target=bad, args=item) for item in bads.items()]
+    threads += [threading.Thread(target=hang_up) for _ in range(2)] + [threading.Thread(target=others)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    assert not errors, errors
+    assert {k: s for k, (s, _) in statuses.items()} == {
+        "json": 400, "model": 404, "context": 400, "max_tokens": 400, "temperature": 400,
+    }, statuses  # fmt: skip
+    for i in range(6):
+        assert good[i] == expected(pipe, QUESTIONS[i % len(QUESTIONS)], 24), f"good request {i}"
+    assert "e" not in extra["stop"].choices[0].message.content
+    assert extra["tiny_t"].choices[0].message.content == expected(pipe, "hi", 8)
+    assert extra["sample"].usage.completion_tokens > 0
+    assert httpx.get(url + "/health", timeout=5).status_code == 200
