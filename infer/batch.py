@@ -58,9 +58,7 @@ from .drafters import Drafter, RowState
 class Row:
     """One sequence of the batch."""
 
-    sampling: (
-        Sampling  # its own max_new_tokens / acceptance / temperature (the drafting settings are the batch's)
-    )
+    sampling: Sampling  # its max_new_tokens / acceptance / temperature (drafting settings: the batch's)
     result: DecodeResult
     on_tokens: Callable[[list[int]], None] | None = None  # called with each step's new tokens (streaming)
     generator: torch.Generator | None = None
@@ -84,7 +82,7 @@ class BatchDecoder:
         from transformers import DynamicCache
 
         self.model, self.cfg = model, cfg or DecodeConfig()
-        self.drafter = Drafter(model, heads, self.cfg.drafting, tree_room(self.cfg, None if self.cfg.context else heads),
+        self.drafter = Drafter(model, heads, self.cfg.drafting, tree_room(self.cfg, heads),
                                batched=True)  # fmt: skip
         self.plain, self.heads = self.drafter.plain, self.drafter.heads
         self.eos = stop_ids(model) if eos is None else eos
@@ -119,22 +117,19 @@ class BatchDecoder:
             raise ValueError(f"input_ids must be [1, L] with L >= 1, got {tuple(input_ids.shape)}")
         if sampling is None or isinstance(sampling, DecodeConfig):
             sampling = (sampling or self.cfg).sampling
-        cfg = sampling
-        check_window(self.model, input_ids.shape[1] + cfg.max_new_tokens + self.drafter.room)
-        row = Row(
-            sampling=cfg, result=DecodeResult(tokens=[]), on_tokens=on_tokens, generator=generator, tag=tag
-        )
+        check_window(self.model, input_ids.shape[1] + sampling.max_new_tokens + self.drafter.room)
+        row = Row(sampling, DecodeResult(tokens=[]), on_tokens=on_tokens, generator=generator, tag=tag)
         t0 = now(self.device)
         L = input_ids.shape[1]
         cache = DynamicCache()
         hidden = forward_hidden(self.decoder, input_ids, cache, torch.arange(L, device=self.device)[None])[
             0, -1
         ]
-        row.root = pick_token(project(self.model, self.lm_head, hidden), cfg, generator)
+        row.root = pick_token(project(self.model, self.lm_head, hidden), sampling, generator)
         row.hidden, row.pos = hidden, L
         row.result.time_prefill = now(self.device) - t0
         row.result.time_total = row.result.time_prefill
-        row.done = emit_tokens(row.result, [row.root], self.eos, cfg, on_tokens, step=False)
+        row.done = emit_tokens(row.result, [row.root], self.eos, sampling, on_tokens, step=False)
         if self.drafter.use_context:
             from .context import ContextIndex
 

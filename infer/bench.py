@@ -334,12 +334,16 @@ def peer_commands(args, model_folder: str) -> dict[str, tuple[list[str], dict | 
         out["ov-genai"] = (cmd, None)
         out["ov-genai-prompt-lookup"] = (cmd + ["--prompt-lookup"], None)
     if args.peer_vllm:
-        if not os.path.exists(args.peer_vllm):
-            raise PipelineError(f"--peer-vllm {args.peer_vllm} not found (README, Peers: its own venv)")
-        cmd = [args.peer_vllm, os.path.join(ROOT, "bench", "peer_vllm.py"), "--model", model_folder]
-        cmd += ["--max-new-tokens", str(args.max_new_tokens)]
-        out["vllm"] = (cmd, vllm_env(args.peer_vllm, torch.get_num_threads()))
+        out["vllm"] = vllm_command(args.peer_vllm, model_folder, args.max_new_tokens)
     return out
+
+
+def vllm_command(python: str, model_folder: str, max_new_tokens: int) -> tuple[list[str], dict]:
+    """(command, environment) of bench/peer_vllm.py run by the vLLM venv's ``python`` on ``model_folder``."""
+    if not os.path.exists(python):
+        raise PipelineError(f"--peer-vllm {python} not found (README, Peers: its own venv)")
+    cmd = [python, os.path.join(ROOT, "bench", "peer_vllm.py"), "--model", model_folder]
+    return cmd + ["--max-new-tokens", str(max_new_tokens)], vllm_env(python, torch.get_num_threads())
 
 
 class Peer:

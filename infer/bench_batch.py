@@ -188,13 +188,13 @@ def main(argv=None) -> int:
     peers = {}
     if args.peer_vllm and not args.no_batching:
         from .base import resolve_model_path
-        from .bench import Peer, vllm_env
+        from .bench import Peer, vllm_command
 
-        if not os.path.exists(args.peer_vllm):
-            fail(f"--peer-vllm {args.peer_vllm} not found (README, Peers: its own venv)")
-        cmd = [args.peer_vllm, os.path.join(ROOT, "bench", "peer_vllm.py"), "--model", resolve_model_path(None),
-               "--max-new-tokens", str(args.max_new_tokens)]  # fmt: skip
-        peers["vllm"] = Peer("vllm", cmd, vllm_env(args.peer_vllm, torch.get_num_threads()))
+        try:
+            cmd, env = vllm_command(args.peer_vllm, resolve_model_path(None), args.max_new_tokens)
+        except PipelineError as e:
+            fail(e)
+        peers["vllm"] = Peer("vllm", cmd, env)
         print(f"# vllm: {json.dumps(peers['vllm'].version)}", flush=True)
     rows = (
         []

@@ -392,7 +392,7 @@ def generate(
     result = DecodeResult(tokens=[])
     t_start = now(device)
     L = input_ids.shape[1]
-    room = tree_room(cfg, None if cfg.context else heads)
+    room = tree_room(cfg, heads)
     max_tree = engine.buckets[-1] if engine.buckets is not None else None  # a fixed-shape engine's largest
     if max_tree is not None and room > 1:  # trees are cut to its largest step and padded to its buckets
         room = engine.bucket(min(room, max_tree))

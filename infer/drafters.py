@@ -105,8 +105,10 @@ class Drafter:
             heads_now = True
         else:
             heads_now = budget.may_draft(B, self.depth) if self.batched else budget.want_draft()
-        roots = [torch.tensor(r.root, device=device) for r in rows]
         chains = [r.index.propose(self.chain_max) if r.index is not None else [] for r in rows]
+        if not heads_now and not any(chains):  # nothing proposed: a plain step, no trees built
+            return None, False, 0.0
+        roots = [torch.tensor(r.root, device=device) for r in rows]
         matches = [r.index.match if r.index is not None else 0 for r in rows]
         trees, tops, logps, n, heads_s = [None] * B, [None] * B, [None] * B, None, 0.0
         if heads_now:  # the heads run once for the whole batch (sequential heads: once per depth)
@@ -130,16 +132,23 @@ class Drafter:
             # the drafting is spent: cut by what the nodes yield per step time
             if budget is not None and any(chains):
                 n = budget.chain_budget([t.score[1:].sort(descending=True).values for t in trees])
-        drafts = []
         for b, tree in enumerate(trees):
             if tree is not self.static:  # a static tree is verified as it is
                 if n is not None:
                     tree = top_nodes(tree, n)
                 if tree.size > self.room:  # a union over the budget (or the engine's largest step): its best
                     tree = top_nodes(tree, self.room - 1)
-            buffers = self.static_buffers if tree is self.static else tree_buffers(tree)
-            tokens = tree_tokens(tree, roots[b], tops[b])
-            drafts.append(Draft(tree, tokens, buffers, logps[b], matches[b]))
-        if all(d.tree.size == 1 for d in drafts):
+                trees[b] = tree
+        if all(t.size == 1 for t in trees):  # the budget cut every tree to its root: a plain step
             return None, heads_now, heads_s
+        drafts = [
+            Draft(
+                tree,
+                tree_tokens(tree, roots[b], tops[b]),
+                self.static_buffers if tree is self.static else tree_buffers(tree),
+                logps[b],
+                matches[b],
+            )
+            for b, tree in enumerate(trees)
+        ]
         return drafts, heads_now, heads_s

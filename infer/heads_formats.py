@@ -23,6 +23,8 @@ MEDUSA_PT = "medusa_lm_head.pt"
 MEDUSA_ST = "medusa_lm_head.safetensors"
 MEDUSA1_FIXED_HEADS = 5  # FasterDecoding MedusaModelABC.from_pretrained sets medusa_num_heads = 5 (a TODO)
 CHOICES_NAME = "medusa_choices.json"
+# what vLLM 0.32 needs to load the token_map layout (its Medusa load_weights does not report token_map as loaded)
+VLLM_TOKEN_MAP_FLAG = "--model-loader-extra-config '{\"enable_weights_track\": false}'"
 
 
 # ---------------------------------------------------------------------- reading
@@ -249,8 +251,8 @@ def vllm_files(
         )
     if keep_map:
         warn(
-            "token_map layout: vLLM 0.32 loads it only with --model-loader-extra-config "
-            "'{\"enable_weights_track\": false}' (its Medusa load_weights does not report token_map as loaded)"
+            f"token_map layout: vLLM 0.32 loads it only with {VLLM_TOKEN_MAP_FLAG} (its Medusa load_weights does "
+            "not report token_map as loaded)"
         )
     truncated = len(rows) if rows is not None else cfg.vocab_size
     return {CONFIG_NAME: vllm_config(cfg, base_name, shared, truncated), WEIGHTS_NAME: state}

@@ -32,9 +32,8 @@ from .cli import fail
 from .decode import DRAFTERS, DecodeConfig, Sampling, tree_room
 from .pipeline import Pipeline
 
-MAX_QUEUE = (
-    64  # requests waiting for a row beyond this are refused with 429 "overloaded", not queued without bound
-)
+# requests waiting for a row beyond this are refused with 429 "overloaded", not queued without bound
+MAX_QUEUE = 64
 MAX_BODY_BYTES = 4 << 20  # a request body larger than this is refused (413) before anything parses it
 MAX_STOP = 4  # stop strings per request, as OpenAI's API
 

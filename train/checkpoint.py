@@ -72,12 +72,10 @@ def save_checkpoint(accelerator, model, cfg, name, trainer_state, metrics, with_
     try:
         return _save(accelerator, model, cfg, name, trainer_state, metrics, with_state)
     except (OSError, RuntimeError) as e:
-        if isinstance(e, CheckpointWriteError):
-            raise
         if accelerator.is_main_process:
             shutil.rmtree(os.path.join(out_dir, name + ".tmp"), ignore_errors=True)
         why = "the disk is full" if disk_full(e, out_dir) else f"{type(e).__name__}: {e}"
-        what = f"could not write {os.path.join(out_dir, name)}: {why}"
+        kept = "the previous checkpoints are untouched"
         if name == "final" and accelerator.is_main_process:
             rescued = _rescue_heads(accelerator, model, out_dir, trainer_state.get("run_id") or "run")
             kept = (
@@ -85,13 +83,9 @@ def save_checkpoint(accelerator, model, cfg, name, trainer_state, metrics, with_
                 if rescued
                 else "the heads could not be saved anywhere"
             )
-            raise CheckpointWriteError(
-                f"{what}; {kept}. Free some space and run the same command again: output.resume=auto continues "
-                "from the last complete checkpoint"
-            ) from e
         raise CheckpointWriteError(
-            f"{what}; the previous checkpoints are untouched. Free some space and run the same command again "
-            "(output.resume=auto continues from the last complete one)"
+            f"could not write {os.path.join(out_dir, name)}: {why}; {kept}. Free some space and run the same command "
+            "again (output.resume=auto continues from the last complete checkpoint)"
         ) from e
 
 

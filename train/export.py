@@ -83,6 +83,7 @@ from infer.heads import WEIGHTS_NAME, HeadsError, MedusaHeads, resolve_heads_pat
 from infer.heads_formats import (
     CHOICES_NAME,
     MEDUSA_ST,
+    VLLM_TOKEN_MAP_FLAG,
     original_files,
     vllm_files,
 )
@@ -92,9 +93,8 @@ STATIC_TREE_NODES = 16  # the static tree infer.generate uses under --node-budge
 TRTLLM_MAX_DRAFT_LEN = 63  # convert_checkpoint.py --max_medusa_token_len default
 TRTLLM_MODEL_TYPES = ("llama", "mixtral", "qwen2")  # convert_checkpoint.py --model_type choices
 MEDUSA1_BASE_TYPES = ("llama", "mistral")  # FasterDecoding MedusaModel.from_pretrained dispatch
-VLLM_CHECKED = (
-    "0.32.0"  # the vLLM release bench/check_vllm_export.py ran this layout in (the last with Medusa)
-)
+# the vLLM release bench/check_vllm_export.py ran this layout in (the last with Medusa)
+VLLM_CHECKED = "0.32.0"
 README_NAME = "README.md"
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
@@ -206,11 +206,10 @@ def export_heads(
             "are zero (logit 0), so each head keeps its head vocabulary's ranking wherever its best logit there is "
             "above 0"
             + (
-                "; --token-map writes vLLM's token_map layout instead (vLLM 0.32 loads it only with "
-                "--model-loader-extra-config '{\"enable_weights_track\": false}')"
+                f"; --token-map writes vLLM's token_map layout instead (vLLM 0.32 needs {VLLM_TOKEN_MAP_FLAG})"
                 if fmt == "vllm"
                 else ""
-            )
+            )  # fmt: skip
         )
     if fmt == "vllm":
         files = vllm_files(cfg, base_name, projection, block, shared is not None, keep_map, mb_per_row, warn)
@@ -567,8 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--token-map",
         action="store_true",
-        help="vllm: keep a head vocabulary as vLLM's token_map + truncated rows (smaller; vLLM 0.32 needs "
-        "--model-loader-extra-config '{\"enable_weights_track\": false}' to load it)",
+        help=f"vllm: keep a head vocabulary as vLLM's token_map + truncated rows (smaller; vLLM 0.32 needs "
+        f"{VLLM_TOKEN_MAP_FLAG} to load it)",
     )
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     return p
