@@ -25,6 +25,7 @@ import torch
 from .batch import BatchDecoder
 from .budget import BatchLatency
 from .cli import fail
+from .engine import ENGINES
 from .hardware import cpu_flags
 from .pipeline import PipelineError, load_pipeline, read_prompts
 
@@ -50,7 +51,8 @@ def hf_batched(model, tokenizer, prompts: list[torch.Tensor], max_new_tokens: in
 
 def ours_batched(pipe, prompts, max_new_tokens: int, trees: bool, latency) -> tuple[int, list[float]]:
     cfg = pipe.decode_config(max_new_tokens=max_new_tokens, tree=pipe.config.tree if trees else "none")
-    dec = BatchDecoder(pipe.model, pipe.heads if trees else None, cfg, pipe.eos, latency if trees else None)
+    dec = BatchDecoder(pipe.model, pipe.heads if trees else None, cfg, pipe.eos, latency if trees else None,
+                       pipe.batch_engine())  # fmt: skip
     rows = [dec.add(p) for p in prompts]
     while dec.active:
         dec.step()
@@ -62,7 +64,9 @@ def bench_batching(
 ) -> list[dict]:
     """Total tokens/s per batch size B: our plain and auto batched decoding, transformers' batched generate, and each
     peer (mode -> infer.bench.Peer; fed the group's token ids, timed by itself), group by group interleaved."""
-    latency = BatchLatency(pipe.model, pipe.heads, pipe.device, pipe.config.latency)
+    latency = BatchLatency(
+        pipe.model, pipe.heads, pipe.device, pipe.config.latency, engine=pipe.batch_engine()
+    )
     for b in sizes:  # measured (or loaded) before any timing
         latency.for_batch(b)
     rows = []
@@ -162,6 +166,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="who runs our batches' steps (compiled: built once and cached; auto: compiled where a build "
+                   "here measured it faster)")  # fmt: skip
     p.add_argument("--server-clients", type=int, nargs="+", default=[1, 8])
     p.add_argument("--no-server", action="store_true", help="batching only")
     p.add_argument("--no-batching", action="store_true", help="the server only")
@@ -174,7 +181,8 @@ def main(argv=None) -> int:
     )
     args = p.parse_args(argv)
     try:
-        pipe = load_pipeline(dtype=args.dtype, engine="eager")  # the batched decoder runs eager
+        pipe = load_pipeline(dtype=args.dtype, engine=args.engine)
+        pipe.batch_engine()  # built (or loaded) before any timing
         convs = read_prompts(args.prompts, args.num_prompts + 1)
     except (PipelineError, ValueError) as e:
         fail(f"error: {e}")
@@ -184,7 +192,7 @@ def main(argv=None) -> int:
     prompts = [pipe.encode([{"role": "user", "content": q}]) for q in questions]
     print(f"# bench_batch: {len(prompts)} prompts, {args.max_new_tokens} new tokens, "
           f"{str(pipe.dtype).replace('torch.', '')}, torch threads {torch.get_num_threads()}, "
-          f"CPU {' '.join(cpu_flags())}", flush=True)  # fmt: skip
+          f"engine {pipe.batch_engine_reason}, CPU {' '.join(cpu_flags())}", flush=True)  # fmt: skip
     peers = {}
     if args.peer_vllm and not args.no_batching:
         from .base import resolve_model_path
@@ -204,7 +212,7 @@ def main(argv=None) -> int:
     for peer in peers.values():
         peer.close()
     if not args.no_server:
-        BatchLatency(pipe.model, pipe.heads, pipe.device).for_batch(
+        BatchLatency(pipe.model, pipe.heads, pipe.device, engine=pipe.batch_engine()).for_batch(
             max(args.server_clients)
         )  # not while timed
         rows += bench_server(pipe, questions, args.server_clients, args.max_new_tokens)

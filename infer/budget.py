@@ -273,7 +273,7 @@ def measure_latency(
     from transformers import DynamicCache
 
     if engine is not None and engine.name != "eager":
-        return _measure_engine_latency(engine, sizes, prefix_len, reps)
+        return _measure_engine_latency(engine, sizes, prefix_len, reps, batch)
 
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -312,10 +312,15 @@ def measure_latency(
     )
 
 
-def _measure_engine_latency(engine, sizes, prefix_len: int, reps: int) -> LatencyProfile:
-    from .engine import measure_engine
+def _measure_engine_latency(engine, sizes, prefix_len: int, reps: int, batch: int = 1) -> LatencyProfile:
+    if batch > 1:  # a batched engine (infer.batch_engine)
+        from .batch_engine import measure_batch_engine
 
-    ms = measure_engine(engine, list(sizes), prefix_len, reps)
+        ms = measure_batch_engine(engine, list(sizes), batch, prefix_len, reps)
+    else:
+        from .engine import measure_engine
+
+        ms = measure_engine(engine, list(sizes), prefix_len, reps)
     return LatencyProfile(
         sizes=torch.tensor(list(sizes), dtype=torch.long),
         seconds=torch.tensor(ms, dtype=torch.float64) / 1000,
@@ -427,18 +432,30 @@ class BatchLatency:
     steps it times, as the batch-1 profile does."""
 
     def __init__(
-        self, model, heads, device="cpu", single: LatencyProfile | None = None, verbose: bool = True
+        self,
+        model,
+        heads,
+        device="cpu",
+        single: LatencyProfile | None = None,
+        verbose: bool = True,
+        engine=None,
     ):
         self.model, self.heads, self.device, self.verbose = model, heads, device, verbose
+        self.engine = (
+            engine if engine is not None and engine.name != "eager" else None
+        )  # a compiled batch engine
         self.profiles: dict[int, LatencyProfile] = {1: single} if single is not None else {}
 
     def for_batch(self, batch: int) -> LatencyProfile:
         batch = 1 << max(0, batch - 1).bit_length()  # the next power of two
         if batch not in self.profiles:
             sizes = DEFAULT_SIZES if batch == 1 else BATCH_SIZES
-            prof = load_or_measure(
-                self.model, self.heads, self.device, sizes=sizes, verbose=self.verbose, batch=batch
-            )
+            engine = None
+            if self.engine is not None:  # one row runs the one-row engine; its buckets bound the trees
+                engine = self.engine if batch > 1 else self.engine.single
+                sizes = [t for t in sizes if t <= self.engine.buckets[-1]]
+            prof = load_or_measure(self.model, self.heads, self.device, sizes=sizes, verbose=self.verbose,
+                                   batch=batch, engine=engine)  # fmt: skip
             prof.probe = (
                 batch == 1
             )  # a probe step costs every row a big tree: batches trust their fresh profile

@@ -290,6 +290,24 @@ def tree_room(cfg: DecodeConfig, heads) -> int:
     return max(min(cfg.node_budget, sum(cfg.top_m**d for d in range(1, depth + 1))), chain) + 1
 
 
+def engine_room(cfg: DecodeConfig, heads, engine) -> int:
+    """:func:`tree_room` on ``engine``: a fixed-shape engine cuts trees to its largest step and pads them to its
+    buckets (a one-row or a batched engine)."""
+    room = tree_room(cfg, heads)
+    if engine.buckets is not None and room > 1:
+        room = engine.bucket(min(room, engine.buckets[-1]))
+    return room
+
+
+def check_static_fits(drafter, engine) -> None:
+    """A static tree is never cut: one bigger than a fixed-shape engine's largest step is refused."""
+    if engine.buckets is not None and drafter.static is not None and drafter.static.size > engine.buckets[-1]:
+        raise ValueError(
+            f"the static tree has {drafter.static.size} nodes but the {engine.name} engine's largest step is "
+            f"{engine.buckets[-1]}: use a smaller tree or the eager engine"
+        )
+
+
 def draft_tree(heads, lm_head, embed, hidden, root_t, cfg: DecodeConfig, depth: int, top_m: int, static=None):
     """One step's drafting at hidden [H] -> (tree, top tokens [K, m] | None, top log-probs [K, m] | None, seconds
     spent in the heads): :func:`draft_trees` for one row."""
@@ -392,16 +410,9 @@ def generate(
     result = DecodeResult(tokens=[])
     t_start = now(device)
     L = input_ids.shape[1]
-    room = tree_room(cfg, heads)
-    max_tree = engine.buckets[-1] if engine.buckets is not None else None  # a fixed-shape engine's largest
-    if max_tree is not None and room > 1:  # trees are cut to its largest step and padded to its buckets
-        room = engine.bucket(min(room, max_tree))
+    room = engine_room(cfg, heads, engine)
     drafter = Drafter(model, heads, cfg, room)
-    if max_tree is not None and drafter.static is not None and drafter.static.size > max_tree:
-        raise ValueError(
-            f"the static tree has {drafter.static.size} nodes but the {engine.name} engine's largest step is "
-            f"{max_tree}: use a smaller tree or the eager engine"
-        )
+    check_static_fits(drafter, engine)
     budget = drafter.budget_for(cfg.latency)  # per-step budget from the latency profile
     check_window(model, L + cfg.max_new_tokens + room)
     hidden, logits = engine.prefill(input_ids, L + cfg.max_new_tokens + room)  # [H], [V]

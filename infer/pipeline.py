@@ -124,6 +124,18 @@ class Pipeline:
     template: str | None = None  # the chat template the heads were trained with (their recipe's), else None
     engine: object = None  # infer.engine: who runs the model's steps (None: eager)
     engine_reason: str = "eager"  # why that engine, in one line
+    batch_engine_reason: str | None = None  # the same for batched decoding, once asked
+
+    def batch_engine(self, verbose: bool = True):
+        """A new, empty batched engine (:mod:`infer.batch_engine`) for a BatchDecoder: compiled when the pipeline's
+        engine is (its batched steps built or loaded at the first call; a failure falls back to eager, said once)."""
+        from .batch_engine import make_batch_engine
+
+        if getattr(self, "_batch_engine", None) is None:
+            self._batch_engine, self.batch_engine_reason = make_batch_engine(self.model, self.engine, verbose)
+            if verbose:
+                print(f"batched engine -> {self.batch_engine_reason}", flush=True)
+        return self._batch_engine.fresh()
 
     @property
     def eos(self) -> set[int]:

@@ -30,6 +30,7 @@ import torch
 from .batch import BatchDecoder
 from .cli import fail
 from .decode import DRAFTERS, DecodeConfig, Sampling, tree_room
+from .engine import ENGINES
 from .pipeline import Pipeline
 
 # requests waiting for a row beyond this are refused with 429 "overloaded", not queued without bound
@@ -132,12 +133,13 @@ class Engine:
 
         self.pipe, self.max_batch, self.max_queue = pipe, max_batch, max_queue
         cfg = pipe.config if trees else pipe.decode_config(tree="none")
+        engine = pipe.batch_engine()
         latency = (
-            BatchLatency(pipe.model, pipe.heads, pipe.device, cfg.latency)
+            BatchLatency(pipe.model, pipe.heads, pipe.device, cfg.latency, engine=engine)
             if cfg.latency is not None
             else None
         )
-        self.decoder = BatchDecoder(pipe.model, pipe.heads if trees else None, cfg, pipe.eos, latency)
+        self.decoder = BatchDecoder(pipe.model, pipe.heads if trees else None, cfg, pipe.eos, latency, engine)
         self.trees = trees and (pipe.heads is not None or cfg.context)
         self.waiting: queue.Queue[Job] = queue.Queue()
         self.wake = threading.Event()
@@ -205,9 +207,9 @@ class Engine:
                         row.tag.fail(self.error)
                     else:
                         row.tag.finish()
-                self.decoder = BatchDecoder(
-                    self.pipe.model, self.decoder.heads, self.decoder.cfg, self.pipe.eos, self.decoder.latency
-                )
+                d = self.decoder
+                self.decoder = BatchDecoder(self.pipe.model, d.heads, d.cfg, self.pipe.eos, d.latency,
+                                            d.engine.fresh())  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ the app
@@ -498,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--deterministic", action="store_true",
         help="greedy answers depend only on the request (alone or among concurrent ones, streaming or not): decodes "
         "in float32, ~4x slower than bf16 on this CPU")  # fmt: skip
+    add("--engine", choices=ENGINES, default="auto",
+        help="who runs the batch's steps: compiled fixed-shape steps (built once, cached), eager, or auto (compiled "
+        "where a build here measured it faster)")  # fmt: skip
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add("--host", default="127.0.0.1")
     add("--port", type=int, default=8000)
@@ -546,8 +551,8 @@ def main(argv: list[str] | None = None) -> int:
             auto_budget=auto,
             max_nodes=args.max_nodes,
             trust_remote_code=args.trust_remote_code,
-            engine="eager",
-        )  # fmt: skip (the batched decoder runs eager: its budget measures that)
+            engine=args.engine,
+        )
     except (PipelineError, BaseModelError, HeadsError, CalibrationError, ValueError) as e:
         fail(f"error: {e}")
     import uvicorn
@@ -555,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(pipe, args.served_model_name, trees=args.tree != "none", max_batch=args.max_batch,
                     max_queue=args.max_queue)  # fmt: skip
     print(f"serving {args.served_model_name or pipe.name} on http://{args.host}:{args.port}/v1 "
-          f"(trees: {args.tree}, max batch {args.max_batch})", flush=True)  # fmt: skip
+          f"(trees: {args.tree}, max batch {args.max_batch}, engine: {pipe.batch_engine_reason})",
+          flush=True)  # fmt: skip
     # SIGTERM / Ctrl-C: open streams get 3 s to end (they held the exit for 19 s), then the decode thread stops
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3)
     app.state.engine.stop()

@@ -134,13 +134,13 @@ def test_batched_drafting_builds_each_rows_own_tree(seq_oracle, oracle):
 def test_a_long_row_beside_short_ones_is_not_packed_every_step(monkeypatch):
     """Prompt lengths 200, 3, 3, 3: packing cannot shorten the cache below the long row, so it must not run on most
     steps (it did on 31 of 39, copying the whole cache each time); rows still decode as they do alone."""
-    import infer.batch
+    import infer.batch_engine
 
     family, model, heads, _, _ = oracle_setup("llama", num_prompts=1, new_tokens=2, seed=9)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 512, (1, n), generator=g) for n in (200, 3, 3, 3)]
-    calls, pack = [], infer.batch.pack_rows
-    monkeypatch.setattr(infer.batch, "pack_rows", lambda *a: calls.append(1) or pack(*a))
+    calls, pack = [], infer.batch_engine.pack_rows
+    monkeypatch.setattr(infer.batch_engine, "pack_rows", lambda *a: calls.append(1) or pack(*a))
     cfg = DecodeConfig(tree="dynamic", node_budget=8, top_m=4, max_new_tokens=40)
     out = generate_batch(model, prompts, heads, cfg, eos=set())
     alone = [generate(model, p, heads, cfg, eos=set()).tokens for p in prompts]

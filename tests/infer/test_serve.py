@@ -296,10 +296,10 @@ def test_a_failing_request_ends_alone_and_every_other_row_is_answered(server, mo
 
     # the step right after a row stopped on a stop string raises (in the model's forward, after the stopped row
     # left the batch): the stopped row still gets its answer, the other its error
-    import infer.batch
+    import infer.batch_engine
 
     forward, cancel, state = (
-        infer.batch.forward_hidden,
+        infer.batch_engine.forward_hidden,
         engine.decoder.cancel,
         {"stopped": False, "raised": 0},
     )
@@ -316,7 +316,7 @@ def test_a_failing_request_ends_alone_and_every_other_row_is_answered(server, mo
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(engine.decoder, "cancel", cancel_and_note)
-    monkeypatch.setattr(infer.batch, "forward_hidden", forward_or_fail)
+    monkeypatch.setattr(infer.batch_engine, "forward_hidden", forward_or_fail)
     replies = {}
 
     def ask(name, **kw):

@@ -1,0 +1,297 @@
+"""Engines for batched decoding: who owns the batch's KV cache and runs its steps. The batched decoder
+(:mod:`infer.batch`) asks for five things and never touches a cache itself:
+
+    hidden, logits = engine.prefill(ids, capacity)   # a prompt [1, L], alone -> [H], [V]; not in the batch yet
+    engine.join()                                    # ... now it is: the last row
+    hidden, logits = engine.step(ids, offsets, tree_mask)  # [B, T] tokens at each row's length + offsets
+    engine.accept(paths)                             # each row keeps its accepted path (None: a plain step)
+    engine.drop(keep)                                # rows that finished leave
+
+- :class:`EagerBatchEngine`: transformers' ``DynamicCache`` shared by the rows, any shape. Rows keep a ``valid``
+  [B, S] mask of their real slots; an accepted path is moved to the front of the step's block and the rest become
+  holes that the mask hides, squeezed out now and then (:func:`infer.backbone.pack_rows`).
+- :class:`CompiledBatchEngine`: the compiled engine's steps for many rows. Each row owns a row of a preallocated
+  cache [rows, kv_heads, S, D] and fills it from slot 0 with no holes (an accepted path is moved in place), so its
+  mask is just "my slots before my length, and my tree ancestors", built inside the compiled step. One batched
+  package per tree bucket serves every batch size from 2 (the batch dimension is dynamic; one row uses the
+  one-row packages), rows leave by moving the last rows down, and the cache grows by reallocation.
+
+Greedy rows equal their batch-1 output on either engine (fp32, tested).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .backbone import (
+    additive_mask,
+    compact_rows,
+    decoder_and_head,
+    forward_hidden,
+    merge_rows,
+    pack_rows,
+    project,
+    select_rows,
+)
+from .engine import CAPACITY_STEP, CompiledEngine, EngineError, load_step, prefill_into
+
+
+class EagerBatchEngine:
+    """One DynamicCache for the batch, holes hidden by each row's ``valid`` mask: the reference."""
+
+    name = "eager"
+    buckets = None  # any size
+
+    def __init__(self, model):
+        from transformers import DynamicCache
+
+        self.model = model
+        self.decoder, self.lm_head = decoder_and_head(model)
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.cache = DynamicCache()
+        self.valid = torch.zeros(0, 0, dtype=torch.bool, device=self.device)  # [B, S]: real slots of each row
+        self.lengths: list[int] = []  # each row's tokens (= the position id of its next token)
+        self._pending = None
+
+    def fresh(self) -> EagerBatchEngine:
+        """An empty engine on the same model (to measure latency without touching this one's rows)."""
+        return EagerBatchEngine(self.model)
+
+    def prefill(self, input_ids: torch.Tensor, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids [1, L] -> (last hidden [H], logits [V]); :meth:`join` makes it the batch's last row."""
+        from transformers import DynamicCache
+
+        L = input_ids.shape[1]
+        cache = DynamicCache()
+        pos = torch.arange(L, device=self.device)[None]
+        hidden = forward_hidden(self.decoder, input_ids, cache, pos)[0, -1]
+        self._pending = (cache, torch.ones(1, L, dtype=torch.bool, device=self.device), L)
+        return hidden, project(self.model, self.lm_head, hidden)
+
+    def join(self) -> None:
+        cache, valid, L = self._pending
+        self._pending = None
+        if not self.lengths:
+            self.cache, self.valid = cache, valid
+        else:
+            self.valid = merge_rows(self.cache, self.valid, cache, valid)
+        self.lengths.append(L)
+
+    def step(
+        self, ids: torch.Tensor, offsets: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None
+    ):
+        """ids [B, T] at positions lengths[b] + offsets [B, T] (None: a plain step, T = 1), each seeing its row's
+        slots and its tree ancestors (tree_mask [B, T, T] bool; padding nodes see only themselves)
+        -> (hidden [B, T, H], logits [B, T, V])."""
+        B, T = ids.shape
+        S = self.valid.shape[1]
+        pos = torch.tensor(self.lengths, device=self.device)[:, None]
+        if tree_mask is None:
+            visible = F.pad(self.valid, (0, 1), value=True)[:, None]  # [B, 1, S + 1]
+        else:
+            pos = pos + offsets
+            visible = torch.cat([self.valid[:, None].expand(B, T, S), tree_mask], 2)  # [B, T, S + T]
+        hidden = forward_hidden(self.decoder, ids, self.cache, pos, additive_mask(visible, self.dtype))
+        self.pending = T
+        return hidden, project(self.model, self.lm_head, hidden)
+
+    def accept(self, paths: list[torch.Tensor] | None = None) -> None:
+        """Row b keeps the last step's positions ``paths[b]`` [A_b] (ascending; None: a plain step, all kept)."""
+        if paths is None:
+            self.valid = F.pad(self.valid, (0, self.pending), value=True)
+            self.lengths = [n + self.pending for n in self.lengths]
+            return
+        S = self.valid.shape[1]
+        self.valid = compact_rows(self.cache, self.valid, S, paths)
+        self.lengths = [n + p.numel() for n, p in zip(self.lengths, paths)]
+        # packing squeezes the holes out, which shortens the cache only to the longest row: pack when that saves
+        # a quarter of it (>= 64 slots)
+        S = self.valid.shape[1]
+        if S - max(self.lengths) > max(64, S // 4):
+            self.valid = pack_rows(self.cache, self.valid)
+
+    def drop(self, keep: list[int]) -> None:
+        """Keep the rows ``keep`` (ascending), in that order."""
+        if len(keep) == len(self.lengths):
+            return
+        self.lengths = [self.lengths[i] for i in keep]
+        if not keep:
+            from transformers import DynamicCache
+
+            self.cache, self.valid = DynamicCache(), self.valid[:0]
+            return
+        idx = torch.tensor(keep, device=self.device)
+        select_rows(self.cache, idx)
+        self.valid = self.valid.index_select(0, idx)
+
+
+class CompiledBatchEngine:
+    """The compiled engine's steps for a batch: a preallocated cache with one row per sequence, no holes.
+    ``single``: the one-row :class:`infer.engine.CompiledEngine` whose model, packages and folder it shares
+    (one row runs its packages; two or more the batched ones, built or loaded here)."""
+
+    name = "compiled"
+
+    def __init__(self, single: CompiledEngine, steps: dict | None = None):
+        self.single = single
+        for name in ("model", "decoder", "lm_head", "device", "dtype", "buckets", "backend", "autotune",
+                     "verbose", "folder", "module", "layers", "kv_heads", "head_dim", "bucket"):  # fmt: skip
+            setattr(self, name, getattr(single, name))
+        self.steps = (
+            steps if steps is not None else {b: load_step(self, b, batched=True) for b in self.buckets}
+        )
+        self.kv: list[torch.Tensor] = []  # every layer's keys, then values [rows, kv_heads, S, D]
+        self.lengths: list[int] = []  # each row's tokens = its cache slots in use = its next position id
+        self._pending = 0
+        self._eye = {b: torch.eye(b, dtype=torch.bool, device=self.device) for b in self.buckets}
+
+    def fresh(self) -> CompiledBatchEngine:
+        """An empty engine sharing this one's compiled steps (to measure latency without touching its rows)."""
+        return CompiledBatchEngine(self.single, self.steps)
+
+    # ---------------------------------------------------------------------------------------- the cache
+    def _ensure(self, rows: int, slots: int) -> None:
+        """At least ``rows`` cache rows of ``slots`` + the largest step; grown by reallocation (rows: powers of
+        two; slots: multiples of CAPACITY_STEP), what is there copied over."""
+        B0, S0 = (self.kv[0].shape[0], self.kv[0].shape[2]) if self.kv else (0, 0)
+        need = -(-(slots + self.buckets[-1]) // CAPACITY_STEP) * CAPACITY_STEP
+        if rows <= B0 and need <= S0:
+            return
+        B1, S1 = max(B0, 1 << max(0, rows - 1).bit_length()), max(S0, need)
+        shape = (B1, self.kv_heads, S1, self.head_dim)
+        new = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(2 * self.layers)]
+        for old, t in zip(self.kv, new):
+            t[:B0, :, :S0] = old
+        self.kv = new
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`EagerBatchEngine.prefill`, run eagerly into the next free cache row; ``capacity``: the tokens
+        this row may hold (prompt + new tokens + tree room)."""
+        L = input_ids.shape[1]
+        row = len(self.lengths)
+        self._ensure(row + 1, max(capacity, L))
+        hidden = prefill_into(self, input_ids, [t[row : row + 1] for t in self.kv])
+        self._pending = L
+        return hidden, project(self.model, self.lm_head, hidden)
+
+    def join(self) -> None:
+        self.lengths.append(self._pending)
+
+    @torch.no_grad()
+    def step(
+        self, ids: torch.Tensor, offsets: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None
+    ):
+        """As :meth:`EagerBatchEngine.step`, padded to a compiled bucket (padding nodes: copies of the root that
+        see only themselves)."""
+        B, T = ids.shape
+        Tb = self.bucket(T)
+        self._ensure(B, max(self.lengths))
+        start = torch.tensor(self.lengths, device=self.device)  # [B]
+        if tree_mask is None and T == Tb:
+            vis = self._eye[Tb].expand(B, -1, -1)
+            pos = start[:, None].expand(B, Tb)
+        else:
+            padded = ids[:, :1].repeat(1, Tb)
+            padded[:, :T] = ids
+            ids = padded
+            vis = self._eye[Tb].repeat(B, 1, 1)
+            off = torch.zeros(B, Tb, dtype=torch.long, device=self.device)
+            if tree_mask is not None:
+                vis[:, :T, :T] = tree_mask
+                off[:, :T] = offsets
+            pos = start[:, None] + off
+        run = self.single.steps[Tb] if B == 1 else self.steps[Tb]
+        kv = [t[:B] for t in self.kv]  # the first B rows of a contiguous tensor: contiguous
+        hidden, logits = run(ids, pos.contiguous(), vis.contiguous(), start, *kv)
+        self.pending = T
+        return hidden[:, :T], logits[:, :T]
+
+    def accept(self, paths: list[torch.Tensor] | None = None) -> None:
+        """As :meth:`EagerBatchEngine.accept`: each row's accepted path moved in place to follow its cache."""
+        if paths is None:
+            self.lengths = [n + self.pending for n in self.lengths]
+            return
+        B, A = len(paths), max(p.numel() for p in paths)
+        dst = torch.arange(A, device=self.device).expand(B, A).clone()
+        src = dst.clone()  # beyond a row's path: a slot copied onto itself
+        for b, p in enumerate(paths):
+            src[b, : p.numel()] = p
+        if bool((src != dst).any()):
+            start = torch.tensor(self.lengths, device=self.device)[:, None]
+            shape = (B, self.kv_heads, A, self.head_dim)
+            src_idx = (start + src)[:, None, :, None].expand(shape)
+            dst_idx = (start + dst)[:, None, :, None].expand(shape)
+            for t in self.kv:
+                rows = t[:B]
+                rows.scatter_(2, dst_idx, rows.gather(2, src_idx))
+        self.lengths = [n + p.numel() for n, p in zip(self.lengths, paths)]
+
+    def drop(self, keep: list[int]) -> None:
+        """Keep the rows ``keep`` (ascending), moved down to rows 0..len(keep)-1 in that order."""
+        if keep != list(range(len(keep))):
+            idx = torch.tensor(keep, device=self.device)
+            for t in self.kv:
+                t[: len(keep)] = t.index_select(0, idx)
+        self.lengths = [self.lengths[i] for i in keep]
+
+
+@torch.no_grad()
+def measure_batch_engine(engine, sizes, batch: int, prefix_len: int = 128, reps: int = 3) -> list[float]:
+    """Median milliseconds of one step of ``batch`` rows, each a chain of T tokens for T in ``sizes``, after
+    ``prefix_len``-token prompts, on an empty copy of ``engine`` (its rows untouched): interleaved repetitions
+    after a warm-up round, as :func:`infer.engine.measure_engine` does for one row."""
+    import statistics
+    import time
+
+    eng = engine.fresh()
+    vocab = eng.lm_head.weight.shape[0]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(batch):
+        eng.prefill(
+            torch.randint(0, vocab, (1, prefix_len), generator=g).to(eng.device), prefix_len + max(sizes)
+        )
+        eng.join()
+    runs = [[] for _ in sizes]
+    for rep in range(reps + 1):
+        for i, T in enumerate(sizes):
+            ids = torch.randint(0, vocab, (batch, T), generator=g).to(eng.device)
+            offsets = torch.arange(T, device=eng.device).expand(batch, T)
+            tree = torch.ones(T, T, dtype=torch.bool, device=eng.device).tril().expand(batch, T, T)
+            t0 = time.perf_counter()
+            _, logits = eng.step(ids, offsets if T > 1 else None, tree if T > 1 else None)
+            logits.argmax(-1).tolist()
+            if rep:
+                runs[i].append(
+                    1000 * (time.perf_counter() - t0)
+                )  # nothing accepted: the rows stay as they were
+    return [statistics.median(r) for r in runs]
+
+
+def make_batch_engine(model, single=None, verbose: bool = True):
+    """-> (batched engine, one-line reason): compiled when ``single`` (the pipeline's engine) is compiled and its
+    batched steps build or load here, else eager (a build failure falls back with the reason)."""
+    if single is None or single.name != "compiled":
+        return EagerBatchEngine(model), "eager (the one-row engine is eager)"
+    try:
+        engine = CompiledBatchEngine(single)
+    except Exception as e:  # noqa: BLE001 - any compiler failure means eager, said once
+        from .engine import _restore_attention
+
+        _restore_attention(model)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return EagerBatchEngine(
+            model
+        ), f"eager: compiling the batched steps failed ({type(e).__name__}: {first[:200]})"
+    return engine, f"compiled (batched steps of {'/'.join(map(str, engine.buckets))} tokens)"
+
+
+__all__ = [
+    "CompiledBatchEngine",
+    "EagerBatchEngine",
+    "EngineError",
+    "make_batch_engine",
+    "measure_batch_engine",
+]
