@@ -36,6 +36,12 @@ from .backbone import (
 )
 from .engine import CAPACITY_STEP, CompiledEngine, EngineError, load_step, prefill_into
 
+FIXED_ROWS = (
+    2,
+    4,
+)  # batch sizes with plain steps of a fixed shape (powers of two; more rows: steps of 4; README)
+FIXED_BUCKETS = (1,)  # ... and their step sizes (trees of many rows run the dynamic-batch steps)
+
 
 class EagerBatchEngine:
     """One DynamicCache for the batch, holes hidden by each row's ``valid`` mask: the reference."""
@@ -130,18 +136,25 @@ class EagerBatchEngine:
 class CompiledBatchEngine:
     """The compiled engine's steps for a batch: a preallocated cache with one row per sequence, no holes.
     ``single``: the one-row :class:`infer.engine.CompiledEngine` whose model, packages and folder it shares
-    (one row runs its packages; two or more the batched ones, built or loaded here)."""
+    (one row runs its packages); ``fixed_rows``: batch sizes (powers of two) with plain steps of their own (fixed
+    shape, matmuls autotuned for it; a batch in between is padded to the next one); trees, and batches past the
+    largest, run the steps whose batch size is dynamic."""
 
     name = "compiled"
 
-    def __init__(self, single: CompiledEngine, steps: dict | None = None):
+    def __init__(self, single: CompiledEngine, steps: dict | None = None, fixed_rows=FIXED_ROWS):
         self.single = single
         for name in ("model", "decoder", "lm_head", "device", "dtype", "buckets", "backend", "autotune",
                      "verbose", "folder", "module", "layers", "kv_heads", "head_dim", "bucket"):  # fmt: skip
             setattr(self, name, getattr(single, name))
-        self.steps = (
-            steps if steps is not None else {b: load_step(self, b, batched=True) for b in self.buckets}
-        )
+        self.fixed_rows = tuple(sorted(fixed_rows))
+        if any(r < 2 or r & (r - 1) for r in self.fixed_rows):  # padding rows live in the power-of-two cache
+            raise EngineError(f"fixed batch sizes must be powers of two >= 2, got {fixed_rows}")
+        self.steps = steps  # (rows: an int, or None for any, tokens) -> the compiled step
+        if steps is None:
+            shapes = [(None, b) for b in self.buckets]
+            shapes += [(r, b) for r in self.fixed_rows for b in FIXED_BUCKETS if b in self.buckets]
+            self.steps = {(r, b): load_step(self, b, r) for r, b in shapes}
         self.kv: list[torch.Tensor] = []  # every layer's keys, then values [rows, kv_heads, S, D]
         self.lengths: list[int] = []  # each row's tokens = its cache slots in use = its next position id
         self._pending = 0
@@ -149,7 +162,7 @@ class CompiledBatchEngine:
 
     def fresh(self) -> CompiledBatchEngine:
         """An empty engine sharing this one's compiled steps (to measure latency without touching its rows)."""
-        return CompiledBatchEngine(self.single, self.steps)
+        return CompiledBatchEngine(self.single, self.steps, self.fixed_rows)
 
     # ---------------------------------------------------------------------------------------- the cache
     def _ensure(self, rows: int, slots: int) -> None:
@@ -185,29 +198,45 @@ class CompiledBatchEngine:
         self, ids: torch.Tensor, offsets: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None
     ):
         """As :meth:`EagerBatchEngine.step`, padded to a compiled bucket (padding nodes: copies of the root that
-        see only themselves)."""
+        see only themselves). Plain steps of more rows than the largest fixed batch size run as steps of that size,
+        each on its slice of the cache rows: here 2 x 4 rows took 27 ms where 8 rows in one step took 34."""
         B, T = ids.shape
         Tb = self.bucket(T)
         self._ensure(B, max(self.lengths))
-        start = torch.tensor(self.lengths, device=self.device)  # [B]
-        if tree_mask is None and T == Tb:
+        chunk = self.fixed_rows[-1] if self.fixed_rows else B
+        if tree_mask is None and T == Tb and B > chunk:
+            parts = [self._run(ids[i : i + chunk], None, None, i, Tb) for i in range(0, B, chunk)]
+            hidden, logits = torch.cat([h for h, _ in parts]), torch.cat([g for _, g in parts])
+        else:
+            hidden, logits = self._run(ids, offsets, tree_mask, 0, Tb)
+        self.pending = T
+        return hidden[:, :T], logits[:, :T]
+
+    def _run(self, ids, offsets, tree_mask, first: int, Tb: int):
+        """One compiled call for the cache rows first .. first + B - 1 (ids [B, T]) -> (hidden, logits) [B, Tb, .].
+        One row: the one-row steps; else the smallest fixed batch size that holds B (padded with dummy rows in free
+        cache rows: token 0 at slot 0, seeing only itself), else the dynamic-batch steps."""
+        B, T = ids.shape
+        Bb = 1 if B == 1 else next((r for r in self.fixed_rows if r >= B and (r, Tb) in self.steps), B)
+        start = torch.tensor(self.lengths[first : first + B] + [0] * (Bb - B), device=self.device)  # [Bb]
+        if tree_mask is None and T == Tb and Bb == B:
             vis = self._eye[Tb].expand(B, -1, -1)
             pos = start[:, None].expand(B, Tb)
         else:
-            padded = ids[:, :1].repeat(1, Tb)
-            padded[:, :T] = ids
+            padded = torch.zeros(Bb, Tb, dtype=torch.long, device=self.device)
+            padded[:B] = ids[:, :1]
+            padded[:B, :T] = ids
             ids = padded
-            vis = self._eye[Tb].repeat(B, 1, 1)
-            off = torch.zeros(B, Tb, dtype=torch.long, device=self.device)
+            vis = self._eye[Tb].repeat(Bb, 1, 1)
+            off = torch.zeros(Bb, Tb, dtype=torch.long, device=self.device)
             if tree_mask is not None:
-                vis[:, :T, :T] = tree_mask
-                off[:, :T] = offsets
+                vis[:B, :T, :T] = tree_mask
+                off[:B, :T] = offsets
             pos = start[:, None] + off
-        run = self.single.steps[Tb] if B == 1 else self.steps[Tb]
-        kv = [t[:B] for t in self.kv]  # the first B rows of a contiguous tensor: contiguous
+        run = self.single.steps[Tb] if Bb == 1 else self.steps.get((Bb, Tb), self.steps.get((None, Tb)))
+        kv = [t[first : first + Bb] for t in self.kv]  # rows of a contiguous tensor: contiguous
         hidden, logits = run(ids, pos.contiguous(), vis.contiguous(), start, *kv)
-        self.pending = T
-        return hidden[:, :T], logits[:, :T]
+        return hidden[:B], logits[:B]
 
     def accept(self, paths: list[torch.Tensor] | None = None) -> None:
         """As :meth:`EagerBatchEngine.accept`: each row's accepted path moved in place to follow its cache."""

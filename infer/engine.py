@@ -213,7 +213,7 @@ class CompiledEngine:
 
     # ------------------------------------------------------------------------------------------ building
     def _load_or_build(self, Tb: int):
-        return load_step(self, Tb, batched=False)
+        return load_step(self, Tb, rows=1)
 
     # ---------------------------------------------------------------------------------------- the cache
     def _ensure(self, capacity: int) -> None:
@@ -287,22 +287,33 @@ def step_example(owner, B: int, Tb: int, S: int = 2 * CAPACITY_STEP):
     return (ids, pos, tree, torch.full((B,), 7, device=dev), *kv)
 
 
-def load_step(owner, Tb: int, batched: bool):
-    """The compiled step of Tb tokens for ``owner`` (a compiled engine: model, module, folder, backend, ...):
-    one row (``step-T.pt2``, matmuls autotuned for one row) or ``batched`` (``bstep-T.pt2``: the batch size
-    dynamic from 2 up, oneDNN's prepacked matmuls), loaded from the disk cache or built into it."""
+def load_step(owner, Tb: int, rows: int | None):
+    """The compiled step of ``rows`` x Tb tokens for ``owner`` (a compiled engine: model, module, folder, backend,
+    ...), loaded from the disk cache or built into it: a fixed number of rows (``step-T.pt2`` for one,
+    ``step-BxT.pt2`` for more; matmul kernels autotuned for that shape) or ``rows=None``: any batch size from 2
+    (``bstep-T.pt2``: the batch dimension dynamic, oneDNN's prepacked matmuls)."""
     if owner.backend == "inductor":
         from torch._dynamo import config as dynamo_config
 
-        dynamo_config.cache_size_limit = max(64, dynamo_config.cache_size_limit)
-        return torch.compile(owner.module, fullgraph=True, dynamic=False)
-    path = os.path.join(owner.folder, f"{'bstep' if batched else 'step'}-{Tb}.pt2")
+        compiled = torch.compile(owner.module, fullgraph=True, dynamic=False)
+
+        def run(
+            *args,
+        ):  # every step shape (rows, tokens, cache length) of every engine compiles the same code
+            # again: this in-process backend (tests) must not hit dynamo's recompile limits, in any thread (the
+            # server's decode thread: dynamo's settings are per thread)
+            with dynamo_config.patch(recompile_limit=1024, accumulated_recompile_limit=4096):
+                return compiled(*args)
+
+        return run
+    name = {None: f"bstep-{Tb}", 1: f"step-{Tb}"}.get(rows, f"step-{rows}x{Tb}")
+    path = os.path.join(owner.folder, f"{name}.pt2")
     if not os.path.exists(path):
         _set_step_attention(owner.model)  # exported with it; the model gets its own back after
         try:
-            example = step_example(owner, 4 if batched else 1, Tb)
-            _build_package(owner.module, example, path, owner.autotune and not batched, owner.verbose, Tb,
-                           batched)  # fmt: skip
+            example = step_example(owner, rows or 4, Tb)
+            _build_package(owner.module, example, path, owner.autotune and rows is not None, owner.verbose, Tb,
+                           rows)  # fmt: skip
         finally:
             _restore_attention(owner.model)
     from torch._inductor import aoti_load_package
@@ -342,19 +353,21 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
-def _build_package(module, example, path: str, autotune: bool, verbose: bool, Tb: int, batched: bool) -> None:
-    """torch.export the step (cache length dynamic; ``batched``: the rows too) and compile it with AOTInductor
-    into ``path``."""
+def _build_package(
+    module, example, path: str, autotune: bool, verbose: bool, Tb: int, rows: int | None
+) -> None:
+    """torch.export the step (cache length dynamic; ``rows`` None: the batch size too) and compile it with
+    AOTInductor into ``path``."""
     import time
 
     from torch._inductor import aoti_compile_and_package
 
     t0 = time.perf_counter()
     if verbose:
-        rows = "batched " if batched else ""
-        print(f"engine: compiling the {rows}{Tb}-token step (once; a minute or two) ...", flush=True)
+        what = {None: "batched ", 1: ""}.get(rows, f"{rows}-row ")
+        print(f"engine: compiling the {what}{Tb}-token step (once; a minute or two) ...", flush=True)
     S = torch.export.Dim("S", min=64, max=1 << 20)
-    if batched:
+    if rows is None:
         B = torch.export.Dim("B", min=2, max=1024)
         rows_dim = {0: B}
         dynamic = (rows_dim, rows_dim, rows_dim, rows_dim, tuple({0: B, 2: S} for _ in example[4:]))
@@ -370,7 +383,7 @@ def _build_package(module, example, path: str, autotune: bool, verbose: bool, Tb
     aoti_compile_and_package(program, package_path=tmp, inductor_configs=options)
     os.replace(tmp, path)
     if verbose:
-        print(f"engine: the {rows}{Tb}-token step compiled in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"engine: the {what}{Tb}-token step compiled in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 # ------------------------------------------------------------------------------------------- choosing one
@@ -526,7 +539,12 @@ def _set_step_attention(model) -> None:
     from transformers import AttentionInterface
 
     if STEP_ATTENTION not in AttentionInterface._global_mapping:
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
         AttentionInterface.register(STEP_ATTENTION, grouped_attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(
+            STEP_ATTENTION, eager_mask
+        )  # given no mask, the model builds eager's
     current = getattr(model.config, "_attn_implementation", None)
     if current != STEP_ATTENTION:
         model._medusa_attn = current  # for _restore_attention

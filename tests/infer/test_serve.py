@@ -504,3 +504,45 @@ def test_a_fault_run_hurts_no_good_request(server):
     assert extra["tiny_t"].choices[0].message.content == expected(pipe, "hi", 8)
     assert extra["sample"].usage.completion_tokens > 0
     assert httpx.get(url + "/health", timeout=5).status_code == 200
+
+
+def test_a_server_on_the_compiled_engine_answers_like_plain_decoding(folders):
+    """The batch on the compiled engine (torch.compile in process here): 3 concurrent greedy requests (rows padded
+    to the 4-row step, rows leaving as they stop) each get plain greedy decoding's answer."""
+    from infer.engine import CompiledEngine
+    from infer.serve import build_app
+
+    pipe = load_pipeline(str(folders / "model"), str(folders / "heads"), dtype="float32",
+                         config=DecodeConfig(node_budget=7, top_m=4), auto_budget=False, verbose=False)  # fmt: skip
+    pipe.engine = CompiledEngine(pipe.model, buckets=(1, 8), backend="inductor")
+    app = build_app(pipe, SERVED, max_batch=4)
+    assert app.state.engine.decoder.engine.name == "compiled"
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if srv.started:
+                break
+            time.sleep(0.05)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        questions = ["Name three colors.", "Count to five.", "Say hello twice."]
+        replies = {}
+
+        def ask(q, n):
+            r = client.chat.completions.create(
+                model=SERVED, messages=[{"role": "user", "content": q}], max_tokens=n
+            )
+            replies[q] = r.choices[0].message.content
+
+        threads = [threading.Thread(target=ask, args=(q, 10 + 6 * i)) for i, q in enumerate(questions)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert replies == {q: expected(pipe, q, 10 + 6 * i) for i, q in enumerate(questions)}
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+        app.state.engine.stop()
