@@ -21,6 +21,8 @@ Greedy rows equal their batch-1 output on either engine (fp32, tested).
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -34,7 +36,7 @@ from .backbone import (
     project,
     select_rows,
 )
-from .engine import CAPACITY_STEP, CompiledEngine, EngineError, load_step, prefill_into
+from .engine import CAPACITY_STEP, CompiledEngine, EngineError, load_step, prefill_into, step_package
 
 FIXED_ROWS = (
     2,
@@ -152,9 +154,9 @@ class CompiledBatchEngine:
             raise EngineError(f"fixed batch sizes must be powers of two >= 2, got {fixed_rows}")
         self.steps = steps  # (rows: an int, or None for any, tokens) -> the compiled step
         if steps is None:
-            shapes = [(None, b) for b in self.buckets]
-            shapes += [(r, b) for r in self.fixed_rows for b in FIXED_BUCKETS if b in self.buckets]
-            self.steps = {(r, b): load_step(self, b, r) for r, b in shapes}
+            self.steps = {
+                (r, b): load_step(self, b, r) for r, b in step_shapes(self.buckets, self.fixed_rows)
+            }
         self.kv: list[torch.Tensor] = []  # every layer's keys, then values [rows, kv_heads, S, D]
         self.lengths: list[int] = []  # each row's tokens = its cache slots in use = its next position id
         self._pending = 0
@@ -267,6 +269,16 @@ class CompiledBatchEngine:
         self.lengths = [self.lengths[i] for i in keep]
 
 
+def batch_packages(single) -> list[str]:
+    """The package files the batched steps of ``single``'s model load (see :func:`infer.engine.load_step`)."""
+    return [step_package(single.folder, r, b) for r, b in step_shapes(single.buckets, FIXED_ROWS)]
+
+
+def step_shapes(buckets, fixed_rows) -> list[tuple[int | None, int]]:
+    """(rows, tokens) of every batched step: the dynamic-batch steps of every bucket, and the fixed-size ones."""
+    return [(None, b) for b in buckets] + [(r, b) for r in fixed_rows for b in FIXED_BUCKETS if b in buckets]
+
+
 @torch.no_grad()
 def measure_batch_engine(engine, sizes, batch: int, prefix_len: int = 128, reps: int = 3) -> list[float]:
     """Median milliseconds of one step of ``batch`` rows, each a chain of T tokens for T in ``sizes``, after
@@ -299,11 +311,16 @@ def measure_batch_engine(engine, sizes, batch: int, prefix_len: int = 128, reps:
     return [statistics.median(r) for r in runs]
 
 
-def make_batch_engine(model, single=None, verbose: bool = True):
+def make_batch_engine(model, single=None, verbose: bool = True, build: bool = True):
     """-> (batched engine, one-line reason): compiled when ``single`` (the pipeline's engine) is compiled and its
-    batched steps build or load here, else eager (a build failure falls back with the reason)."""
+    batched steps load here, or build when ``build`` (``--engine compiled``; ``auto`` never compiles by itself),
+    else eager (a build failure falls back with the reason)."""
     if single is None or single.name != "compiled":
         return EagerBatchEngine(model), "eager (the one-row engine is eager)"
+    if not build and single.backend == "aoti" and not all(os.path.exists(p) for p in batch_packages(single)):
+        return EagerBatchEngine(
+            model
+        ), "eager: the batched steps were not built here yet (once: --engine compiled)"
     try:
         engine = CompiledBatchEngine(single)
     except Exception as e:  # noqa: BLE001 - any compiler failure means eager, said once

@@ -287,6 +287,12 @@ def step_example(owner, B: int, Tb: int, S: int = 2 * CAPACITY_STEP):
     return (ids, pos, tree, torch.full((B,), 7, device=dev), *kv)
 
 
+def step_package(folder: str, rows: int | None, Tb: int) -> str:
+    """The package file of the step of ``rows`` (None: any from 2) x Tb tokens."""
+    name = {None: f"bstep-{Tb}", 1: f"step-{Tb}"}.get(rows, f"step-{rows}x{Tb}")
+    return os.path.join(folder, f"{name}.pt2")
+
+
 def load_step(owner, Tb: int, rows: int | None):
     """The compiled step of ``rows`` x Tb tokens for ``owner`` (a compiled engine: model, module, folder, backend,
     ...), loaded from the disk cache or built into it: a fixed number of rows (``step-T.pt2`` for one,
@@ -306,8 +312,7 @@ def load_step(owner, Tb: int, rows: int | None):
                 return compiled(*args)
 
         return run
-    name = {None: f"bstep-{Tb}", 1: f"step-{Tb}"}.get(rows, f"step-{rows}x{Tb}")
-    path = os.path.join(owner.folder, f"{name}.pt2")
+    path = step_package(owner.folder, rows, Tb)
     if not os.path.exists(path):
         _set_step_attention(owner.model)  # exported with it; the model gets its own back after
         try:

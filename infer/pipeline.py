@@ -125,14 +125,19 @@ class Pipeline:
     engine: object = None  # infer.engine: who runs the model's steps (None: eager)
     engine_reason: str = "eager"  # why that engine, in one line
     batch_engine_reason: str | None = None  # the same for batched decoding, once asked
+    engine_asked: str = "auto"  # --engine as asked: only "compiled" builds what is not on disk yet
 
     def batch_engine(self, verbose: bool = True):
         """A new, empty batched engine (:mod:`infer.batch_engine`) for a BatchDecoder: compiled when the pipeline's
-        engine is (its batched steps built or loaded at the first call; a failure falls back to eager, said once)."""
+        engine is and its batched steps load from the disk cache (or, under ``engine="compiled"``, build now: minutes,
+        once); else eager, with the reason said once."""
         from .batch_engine import make_batch_engine
 
         if getattr(self, "_batch_engine", None) is None:
-            self._batch_engine, self.batch_engine_reason = make_batch_engine(self.model, self.engine, verbose)
+            build = self.engine_asked == "compiled"
+            self._batch_engine, self.batch_engine_reason = make_batch_engine(
+                self.model, self.engine, verbose, build
+            )
             if verbose:
                 print(f"batched engine -> {self.batch_engine_reason}", flush=True)
         return self._batch_engine.fresh()
@@ -314,7 +319,9 @@ def load_pipeline(
         from .heads import resolve_heads_path
 
         template = heads_template(resolve_heads_path(heads or SHIPPED_HEADS[name]), tokenizer)
-    return Pipeline(base, tokenizer, loaded, cfg, device, name, template, step_engine, reason)
+    return Pipeline(
+        base, tokenizer, loaded, cfg, device, name, template, step_engine, reason, engine_asked=engine
+    )
 
 
 def result_summary(r: DecodeResult, tag: str) -> dict:

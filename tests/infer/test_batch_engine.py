@@ -119,6 +119,8 @@ def test_batched_compile_failure_falls_back_to_eager(tmp_path, monkeypatch):
         raise RuntimeError("C++ compiler not found\nmore detail")
 
     monkeypatch.setattr(engine_mod, "_build_package", broken)
+    engine, reason = make_batch_engine(model, single, verbose=False, build=False)  # --engine auto: no build
+    assert reason == "eager: the batched steps were not built here yet (once: --engine compiled)"
     engine, reason = make_batch_engine(model, single, verbose=False)
     assert isinstance(engine, EagerBatchEngine)
     assert reason == "eager: compiling the batched steps failed (RuntimeError: C++ compiler not found)"
