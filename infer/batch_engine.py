@@ -38,11 +38,7 @@ from .backbone import (
 )
 from .engine import CAPACITY_STEP, CompiledEngine, EngineError, load_step, prefill_into, step_package
 
-FIXED_ROWS = (
-    2,
-    4,
-)  # batch sizes with plain steps of a fixed shape (powers of two; more rows: steps of 4; README)
-FIXED_BUCKETS = (1,)  # ... and their step sizes (trees of many rows run the dynamic-batch steps)
+FIXED_SHAPES = ((2, 1), (4, 1))  # (rows, tokens a row) with steps of their own (README: why)
 
 
 class EagerBatchEngine:
@@ -138,33 +134,36 @@ class EagerBatchEngine:
 class CompiledBatchEngine:
     """The compiled engine's steps for a batch: a preallocated cache with one row per sequence, no holes.
     ``single``: the one-row :class:`infer.engine.CompiledEngine` whose model, packages and folder it shares
-    (one row runs its packages); ``fixed_rows``: batch sizes (powers of two) with plain steps of their own (fixed
-    shape, matmuls autotuned for it; a batch in between is padded to the next one); trees, and batches past the
-    largest, run the steps whose batch size is dynamic."""
+    (one row runs its packages); ``fixed_shapes``: (rows, tokens a row) with steps of their own (fixed shape,
+    matmuls autotuned for it; rows a power of two, a batch in between padded to it); any other shape runs the steps
+    whose batch size is dynamic."""
 
     name = "compiled"
 
-    def __init__(self, single: CompiledEngine, steps: dict | None = None, fixed_rows=FIXED_ROWS):
+    def __init__(self, single: CompiledEngine, steps: dict | None = None, fixed_shapes=FIXED_SHAPES):
         self.single = single
         for name in ("model", "decoder", "lm_head", "device", "dtype", "buckets", "backend", "autotune",
                      "verbose", "folder", "module", "layers", "kv_heads", "head_dim", "bucket"):  # fmt: skip
             setattr(self, name, getattr(single, name))
-        self.fixed_rows = tuple(sorted(fixed_rows))
-        if any(r < 2 or r & (r - 1) for r in self.fixed_rows):  # padding rows live in the power-of-two cache
-            raise EngineError(f"fixed batch sizes must be powers of two >= 2, got {fixed_rows}")
+        self.fixed_shapes = tuple(sorted((int(r), int(t)) for r, t in fixed_shapes))
+        if any(r < 2 or r & (r - 1) or t > self.buckets[-1] for r, t in self.fixed_shapes):
+            raise EngineError(  # padding rows live in the power-of-two cache
+                f"fixed shapes need rows a power of two >= 2 and tokens <= {self.buckets[-1]}, got {fixed_shapes}"
+            )
         self.steps = steps  # (rows: an int, or None for any, tokens) -> the compiled step
         if steps is None:
             self.steps = {
-                (r, b): load_step(self, b, r) for r, b in step_shapes(self.buckets, self.fixed_rows)
+                (r, b): load_step(self, b, r) for r, b in step_shapes(self.buckets, self.fixed_shapes)
             }
         self.kv: list[torch.Tensor] = []  # every layer's keys, then values [rows, kv_heads, S, D]
         self.lengths: list[int] = []  # each row's tokens = its cache slots in use = its next position id
         self._pending = 0
-        self._eye = {b: torch.eye(b, dtype=torch.bool, device=self.device) for b in self.buckets}
+        sizes = set(self.buckets) | {t for _, t in self.fixed_shapes}
+        self._eye = {b: torch.eye(b, dtype=torch.bool, device=self.device) for b in sizes}
 
     def fresh(self) -> CompiledBatchEngine:
         """An empty engine sharing this one's compiled steps (to measure latency without touching its rows)."""
-        return CompiledBatchEngine(self.single, self.steps, self.fixed_rows)
+        return CompiledBatchEngine(self.single, self.steps, self.fixed_shapes)
 
     # ---------------------------------------------------------------------------------------- the cache
     def _ensure(self, rows: int, slots: int) -> None:
@@ -205,7 +204,7 @@ class CompiledBatchEngine:
         B, T = ids.shape
         Tb = self.bucket(T)
         self._ensure(B, max(self.lengths))
-        chunk = self.fixed_rows[-1] if self.fixed_rows else B
+        chunk = max((r for r, t in self.fixed_shapes if t == 1), default=B)
         if tree_mask is None and T == Tb and B > chunk:
             parts = [self._run(ids[i : i + chunk], None, None, i, Tb) for i in range(0, B, chunk)]
             hidden, logits = torch.cat([h for h, _ in parts]), torch.cat([g for _, g in parts])
@@ -216,10 +215,12 @@ class CompiledBatchEngine:
 
     def _run(self, ids, offsets, tree_mask, first: int, Tb: int):
         """One compiled call for the cache rows first .. first + B - 1 (ids [B, T]) -> (hidden, logits) [B, Tb, .].
-        One row: the one-row steps; else the smallest fixed batch size that holds B (padded with dummy rows in free
-        cache rows: token 0 at slot 0, seeing only itself), else the dynamic-batch steps."""
+        One row: the one-row steps; else the fixed shape with the fewest matmul rows that holds B rows of T tokens
+        (padded with dummy rows in free cache rows: token 0 at slot 0, seeing only itself), else the dynamic-batch
+        steps."""
         B, T = ids.shape
-        Bb = 1 if B == 1 else next((r for r in self.fixed_rows if r >= B and (r, Tb) in self.steps), B)
+        fits = sorted((r * t, r, t) for r, t in self.fixed_shapes if B > 1 and r >= B and T <= t <= Tb)
+        Bb, Tb = (fits[0][1], fits[0][2]) if fits else (1 if B == 1 else B, Tb)
         start = torch.tensor(self.lengths[first : first + B] + [0] * (Bb - B), device=self.device)  # [Bb]
         if tree_mask is None and T == Tb and Bb == B:
             vis = self._eye[Tb].expand(B, -1, -1)
@@ -271,12 +272,12 @@ class CompiledBatchEngine:
 
 def batch_packages(single) -> list[str]:
     """The package files the batched steps of ``single``'s model load (see :func:`infer.engine.load_step`)."""
-    return [step_package(single.folder, r, b) for r, b in step_shapes(single.buckets, FIXED_ROWS)]
+    return [step_package(single.folder, r, b) for r, b in step_shapes(single.buckets, FIXED_SHAPES)]
 
 
-def step_shapes(buckets, fixed_rows) -> list[tuple[int | None, int]]:
-    """(rows, tokens) of every batched step: the dynamic-batch steps of every bucket, and the fixed-size ones."""
-    return [(None, b) for b in buckets] + [(r, b) for r in fixed_rows for b in FIXED_BUCKETS if b in buckets]
+def step_shapes(buckets, fixed_shapes) -> list[tuple[int | None, int]]:
+    """(rows, tokens) of every batched step: the dynamic-batch steps of every bucket, and the fixed shapes."""
+    return [(None, b) for b in buckets] + [(r, t) for r, t in fixed_shapes if t <= buckets[-1]]
 
 
 @torch.no_grad()

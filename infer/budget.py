@@ -367,6 +367,8 @@ def load_or_measure(
     key = profile_key(model, device) | ({"batch": batch} if batch > 1 else {})
     if engine is not None and engine.name != "eager":
         key |= {"engine": engine.name, "buckets": list(engine.buckets)}
+        if getattr(engine, "fixed_shapes", None):  # a batched engine: its fixed-shape steps
+            key["fixed"] = [list(shape) for shape in engine.fixed_shapes]
     cache_dir = cache_dir or os.path.join(cache_root(), "latency")
     path = _key_file(key, cache_dir)
     prof = None

@@ -31,9 +31,11 @@ def batch_oracle(request):
 
 @pytest.fixture(scope="module")
 def llama_oracle():
+    """Also a fixed-shape tree step (2 rows x 2 tokens), which a 2-row batch with 2-node trees runs."""
     family, model, heads, prompts, conts = oracle_setup("llama", num_prompts=5, new_tokens=NEW, seed=12)
     model = copy.deepcopy(model)
-    engine = CompiledBatchEngine(CompiledEngine(model, buckets=(1, 8), backend="inductor"))
+    single = CompiledEngine(model, buckets=(1, 8), backend="inductor")
+    engine = CompiledBatchEngine(single, fixed_shapes=((2, 1), (4, 1), (2, 2)))
     return family, model, heads, prompts, conts, engine
 
 
@@ -137,6 +139,18 @@ def test_a_decoder_refuses_an_engine_that_holds_rows(llama_oracle):
     live.join()
     with pytest.raises(ValueError, match="already holds rows"):
         BatchDecoder(model, heads, DecodeConfig(), eos=set(), engine=live)
+
+
+def test_two_rows_of_two_node_trees_run_the_fixed_tree_shape(llama_oracle):
+    family, model, heads, prompts, conts, engine = llama_oracle
+    cfg = DecodeConfig(tree="dynamic", node_budget=1, top_m=2, max_new_tokens=NEW, drafter="heads")
+    live = engine.fresh()
+    calls = []
+    step = live.steps[(2, 2)]
+    live.steps = dict(live.steps) | {(2, 2): lambda *a: calls.append(1) or step(*a)}
+    out = generate_batch(model, prompts[:2], heads, cfg, eos=set(), engine=live)
+    assert [r.tokens for r in out] == [c.tolist() for c in conts[:2]]
+    assert calls and max(max(r.tree_sizes) for r in out) == 2
 
 
 def test_one_row_matches_generate_on_the_compiled_engine(llama_oracle):

@@ -4,6 +4,7 @@ OpenAI-shaped errors after which the server keeps serving, and a client that dis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -37,6 +38,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(app):
+    """Run ``app`` on a free port in a thread -> an openai client of it; stopped (server and decode thread) after."""
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if srv.started:
+                break
+            time.sleep(0.05)
+        yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+        app.state.engine.stop()
 
 
 @pytest.fixture(scope="module")
@@ -385,26 +405,13 @@ def test_a_server_with_the_context_drafter_answers_like_plain_decoding(folders):
         mine.context_stats is None and pipe.config.context_stats is not None
     )  # its own copy, not the caller's
     app = build_app(pipe, SERVED, max_batch=4)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if srv.started:
-                break
-            time.sleep(0.05)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    with serving(app) as client:
         question = "Repeat: the quick brown fox, the quick brown fox, the quick brown fox"
         reply = client.chat.completions.create(
             model=SERVED, messages=[{"role": "user", "content": question}], max_tokens=24
         )
         assert reply.choices[0].message.content == expected(pipe, question, 24)
         assert reply.model_extra["medusa"]["trees"] is True
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        app.state.engine.stop()
 
 
 def test_an_overloaded_server_answers_429_at_once_and_keeps_serving(server):
@@ -517,16 +524,7 @@ def test_a_server_on_the_compiled_engine_answers_like_plain_decoding(folders):
     pipe.engine = CompiledEngine(pipe.model, buckets=(1, 8), backend="inductor")
     app = build_app(pipe, SERVED, max_batch=4)
     assert app.state.engine.decoder.engine.name == "compiled"
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if srv.started:
-                break
-            time.sleep(0.05)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    with serving(app) as client:
         questions = ["Name three colors.", "Count to five.", "Say hello twice."]
         replies = {}
 
@@ -542,7 +540,3 @@ def test_a_server_on_the_compiled_engine_answers_like_plain_decoding(folders):
         for t in threads:
             t.join(timeout=120)
         assert replies == {q: expected(pipe, q, 10 + 6 * i) for i, q in enumerate(questions)}
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        app.state.engine.stop()
