@@ -17,6 +17,7 @@ from infer.engine import CompiledEngine
 from tests.tiny import FAMILIES, oracle_setup
 
 NEW = 16
+pytestmark = pytest.mark.slow  # compiles engines (in process: ~30 s cold for the module)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

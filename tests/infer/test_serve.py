@@ -513,6 +513,7 @@ def test_a_fault_run_hurts_no_good_request(server):
     assert httpx.get(url + "/health", timeout=5).status_code == 200
 
 
+@pytest.mark.slow
 def test_a_server_on_the_compiled_engine_answers_like_plain_decoding(folders):
     """The batch on the compiled engine (torch.compile in process here): 3 concurrent greedy requests (rows padded
     to the 4-row step, rows leaving as they stop) each get plain greedy decoding's answer."""
