@@ -14,6 +14,7 @@ is the budget's step timings and the context's decode events (:func:`.context.ob
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -88,6 +89,16 @@ class Drafter:
         """The latency profile the budget decisions use (None: fixed trees), given the loop's profile."""
         return None if self.plain or self.static is not None else latency
 
+    def _chains_cannot_pay(self, chains, matches, budget) -> bool:
+        """The context's chains alone, judged by the budget before any tree is built (the trees would hold just
+        these nodes, scored by the same calibrated rates): True when a plain step pays more. On a batch where trees
+        never pay this saved building and cutting B union trees every step (~7 % of a 4-row step here)."""
+        logp = [
+            torch.tensor([math.log(self.stats.rate("context", m, d)) for d in range(1, len(c) + 1)]).cumsum(0)
+            for c, m in zip(chains, matches)
+        ]
+        return budget.chain_budget(logp) == 0
+
     @torch.no_grad()
     def propose(self, rows: list[RowState], budget=None) -> tuple[list[Draft] | None, bool, float]:
         """-> (each row's Draft, or None: a plain step for every row; whether the heads drafted; seconds the heads
@@ -108,8 +119,10 @@ class Drafter:
         chains = [r.index.propose(self.chain_max) if r.index is not None else [] for r in rows]
         if not heads_now and not any(chains):  # nothing proposed: a plain step, no trees built
             return None, False, 0.0
-        roots = [torch.tensor(r.root, device=device) for r in rows]
         matches = [r.index.match if r.index is not None else 0 for r in rows]
+        if not heads_now and budget is not None and self._chains_cannot_pay(chains, matches, budget):
+            return None, False, 0.0
+        roots = [torch.tensor(r.root, device=device) for r in rows]
         trees, tops, logps, n, heads_s = [None] * B, [None] * B, [None] * B, None, 0.0
         if heads_now:  # the heads run once for the whole batch (sequential heads: once per depth)
             hiddens = torch.stack([r.hidden for r in rows])  # [B, H]

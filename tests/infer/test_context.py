@@ -179,3 +179,29 @@ def test_hybrid_with_sequential_heads_compiled_engine_batch_and_sampling():
     a = generate(model, rows[1], heads, sample, eos=set(), generator=torch.Generator().manual_seed(0))
     b = generate(model, rows[1], heads, sample, eos=set(), generator=torch.Generator().manual_seed(0))
     assert a.tokens == b.tokens and len(a.tokens) == NEW
+
+
+def test_chains_a_plain_step_beats_are_refused_before_any_tree_is_built(monkeypatch):
+    """The context alone under a budget: when the profile says a plain step pays more than the chains' calibrated
+    nodes, the Drafter returns a plain step without building the rows' union trees; when trees are cheap, it builds
+    them."""
+    import infer.drafters
+    from infer.budget import LatencyProfile
+    from infer.drafters import Drafter, RowState
+
+    _, model, _, _, _ = oracle_setup("llama", num_prompts=1, new_tokens=2, seed=8)
+    cfg = DecodeConfig(drafter="context", node_budget=8)
+    drafter = Drafter(model, None, cfg, room=9, batched=True)
+    rows = [RowState(torch.zeros(8), 5, ContextIndex([1, 2, 3, 4, 5, 1, 2, 3, 4, 5])) for _ in range(2)]
+    built = []
+    monkeypatch.setattr(infer.drafters, "union_tree", lambda *a: built.append(1) or union_tree(*a))
+    sizes = torch.arange(1, 10)
+
+    def profile(tree_cost):
+        seconds = torch.where(sizes == 1, 0.01, tree_cost).double()
+        return LatencyProfile(sizes=sizes, seconds=seconds, heads_seconds=0.0, key={})
+
+    drafts, _, _ = drafter.propose(rows, profile(1.0))  # a tree step costs 100 plain steps
+    assert drafts is None and not built
+    drafts, _, _ = drafter.propose(rows, profile(0.0105))  # about what a plain step costs
+    assert drafts is not None and len(built) == 2
