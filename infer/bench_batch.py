@@ -109,15 +109,14 @@ def bench_server(pipe, questions: list[str], clients: list[int], max_new_tokens:
 
     rows = []
     for trees in (True, False):
-        app = build_app(pipe, "bench", trees=trees, max_batch=max(clients))
+        # the decode loop runs in this (main) thread, as `serve` runs it; HTTP and the clients in threads
+        app = build_app(pipe, "bench", trees=trees, max_batch=max(clients), decode_thread=False)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=srv.run, daemon=True)
         thread.start()
-        while not srv.started:
-            time.sleep(0.05)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
 
         def ask(q, out, client=client):
@@ -134,26 +133,36 @@ def bench_server(pipe, questions: list[str], clients: list[int], max_new_tokens:
             end = time.perf_counter()
             out.append((first - t0, n / max(end - first, 1e-9), n / (end - t0)))
 
-        ask(questions[0], [])  # warm-up
-        for c in clients:
-            results = []
-            for rnd in range(2):  # two rounds of c clients, different questions
-                threads = [threading.Thread(target=ask, args=(questions[(rnd * c + i) % len(questions)], results))
-                           for i in range(c)]  # fmt: skip
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-            row = {"trees": trees, "clients": c,
-                   "ttft_s": round(statistics.median(r[0] for r in results), 3),
-                   "tok_s_per_client": round(statistics.median(r[2] for r in results), 1),
-                   "decode_tok_s_per_client": round(statistics.median(r[1] for r in results), 1),
-                   "total_tok_s": round(c * statistics.median(r[2] for r in results), 1)}  # fmt: skip
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-        srv.should_exit = True
-        thread.join(timeout=10)
-        app.state.engine.stop()
+        def drive(trees=trees, srv=srv, thread=thread, app=app, ask=ask):
+            try:
+                while not srv.started:
+                    time.sleep(0.05)
+                ask(questions[0], [])  # warm-up
+                for c in clients:
+                    results = []
+                    for rnd in range(2):  # two rounds of c clients, different questions
+                        threads = [threading.Thread(target=ask, args=(questions[(rnd * c + i) % len(questions)],
+                                                                      results)) for i in range(c)]  # fmt: skip
+                        for t in threads:
+                            t.start()
+                        for t in threads:
+                            t.join()
+                    row = {"trees": trees, "clients": c,
+                           "ttft_s": round(statistics.median(r[0] for r in results), 3),
+                           "tok_s_per_client": round(statistics.median(r[2] for r in results), 1),
+                           "decode_tok_s_per_client": round(statistics.median(r[1] for r in results), 1),
+                           "total_tok_s": round(c * statistics.median(r[2] for r in results), 1)}  # fmt: skip
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+            finally:
+                srv.should_exit = True
+                thread.join(timeout=10)
+                app.state.engine.stop()
+
+        driver = threading.Thread(target=drive, daemon=True)
+        driver.start()
+        app.state.engine.run()
+        driver.join()
     return rows
 
 

@@ -128,7 +128,14 @@ class Job:
 class Engine:
     """The decode thread: admits waiting jobs at step boundaries, steps the batch, hands tokens back."""
 
-    def __init__(self, pipe: Pipeline, trees: bool = True, max_batch: int = 8, max_queue: int = MAX_QUEUE):
+    def __init__(
+        self,
+        pipe: Pipeline,
+        trees: bool = True,
+        max_batch: int = 8,
+        max_queue: int = MAX_QUEUE,
+        thread: bool = True,
+    ):
         from .budget import BatchLatency
 
         self.pipe, self.max_batch, self.max_queue = pipe, max_batch, max_queue
@@ -145,8 +152,10 @@ class Engine:
         self.wake = threading.Event()
         self.stopped = False
         self.error: str | None = None
-        self.thread = threading.Thread(target=self._run, name="medusa-decode", daemon=True)
-        self.thread.start()
+        self.thread = None  # thread=False: the caller runs run() (serve's main thread, see serve_forever)
+        if thread:
+            self.thread = threading.Thread(target=self._run, name="medusa-decode", daemon=True)
+            self.thread.start()
 
     def submit(self, job: Job) -> None:
         """Queue a job for the next step boundary; RequestError 429 when ``max_queue`` jobs already wait."""
@@ -163,7 +172,12 @@ class Engine:
     def stop(self) -> None:
         self.stopped = True
         self.wake.set()
-        self.thread.join(timeout=10)
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout=10)
+
+    def run(self) -> None:
+        """The decode loop, in the calling thread, until :meth:`stop`."""
+        self._run()
 
     def _admit(self) -> None:
         while len(self.decoder.rows) < self.max_batch:
@@ -318,15 +332,17 @@ def build_app(
     trees: bool = True,
     max_batch: int = 8,
     max_queue: int = MAX_QUEUE,
+    decode_thread: bool = True,
 ):
-    """The FastAPI app (its decode thread starts now; ``app.state.engine.stop()`` ends it)."""
+    """The FastAPI app (its decode thread starts now; ``app.state.engine.stop()`` ends it). ``decode_thread``
+    False: no thread; the caller runs ``app.state.engine.run()`` (:func:`serve_forever` does, in the main thread)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
 
     served = served or pipe.name
-    engine = Engine(pipe, trees=trees, max_batch=max_batch, max_queue=max_queue)
+    engine = Engine(pipe, trees=trees, max_batch=max_batch, max_queue=max_queue, thread=decode_thread)
     app = FastAPI(title="medusa-toolkit server")
     app.state.engine = engine
 
@@ -510,6 +526,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def serve_forever(app, host: str, port: int) -> None:
+    """HTTP in a thread, the decode loop in the calling (main) thread, until SIGTERM / Ctrl-C: open streams get 3 s
+    to end (they held the exit for 19 s), then the decode loop stops. The decode loop runs in the main thread
+    because the compiled steps' OpenMP team is ~3x slower started from another thread (a 1-row step measured 31–34 ms
+    there vs 11–12 ms in the main thread: with a second team alive, libgomp throttles its spin-waiting)."""
+    import signal
+
+    import uvicorn
+
+    engine = app.state.engine
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+    )
+
+    def http() -> None:
+        try:
+            server.run()  # in a thread: uvicorn leaves the signals to the main thread
+        finally:
+            engine.stop()  # the server is gone (or never started): the decode loop ends too
+
+    def on_signal(signum, frame) -> None:
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    thread = threading.Thread(target=http, name="medusa-http", daemon=True)
+    thread.start()
+    try:
+        engine.run()
+        thread.join(timeout=10)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _check_port(host: str, port: int) -> None:
     import socket
 
@@ -555,16 +605,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (PipelineError, BaseModelError, HeadsError, CalibrationError, ValueError) as e:
         fail(f"error: {e}")
-    import uvicorn
-
     app = build_app(pipe, args.served_model_name, trees=args.tree != "none", max_batch=args.max_batch,
-                    max_queue=args.max_queue)  # fmt: skip
+                    max_queue=args.max_queue, decode_thread=False)  # fmt: skip
     print(f"serving {args.served_model_name or pipe.name} on http://{args.host}:{args.port}/v1 "
           f"(trees: {args.tree}, max batch {args.max_batch}, engine: {pipe.batch_engine_reason})",
           flush=True)  # fmt: skip
-    # SIGTERM / Ctrl-C: open streams get 3 s to end (they held the exit for 19 s), then the decode thread stops
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3)
-    app.state.engine.stop()
+    serve_forever(app, args.host, args.port)
     print("server stopped", flush=True)
     return 0
 

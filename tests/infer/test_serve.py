@@ -541,3 +541,49 @@ def test_a_server_on_the_compiled_engine_answers_like_plain_decoding(folders):
         for t in threads:
             t.join(timeout=120)
         assert replies == {q: expected(pipe, q, 10 + 6 * i) for i, q in enumerate(questions)}
+
+
+def test_serve_forever_decodes_in_the_main_thread_and_stops_on_sigterm(folders):
+    """What `python -m infer.serve` runs: HTTP in a thread, the decode loop in the calling (main) thread; a request
+    is answered like plain decoding, and SIGTERM ends both (the previous signal handlers come back)."""
+    import os
+    import signal
+
+    from infer.serve import build_app, serve_forever
+
+    pipe = load_pipeline(str(folders / "model"), str(folders / "heads"), dtype="float32",
+                         config=DecodeConfig(node_budget=7, top_m=4), auto_budget=False, verbose=False)  # fmt: skip
+    app = build_app(pipe, SERVED, max_batch=2, decode_thread=False)
+    assert app.state.engine.thread is None
+    port, out, decoders = free_port(), {}, []
+    original = app.state.engine._run
+
+    def noted_run():
+        decoders.append(threading.current_thread())
+        original()
+
+    app.state.engine._run = noted_run
+
+    def client_then_sigterm():
+        try:
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=3)
+            for _ in range(200):
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+            r = client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=12)  # fmt: skip
+            out["reply"] = r.choices[0].message.content
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    helper = threading.Thread(target=client_then_sigterm, daemon=True)
+    helper.start()
+    serve_forever(app, "127.0.0.1", port)
+    helper.join(timeout=30)
+    assert out["reply"] == expected(pipe, "Hi", 12)
+    assert decoders == [threading.main_thread()] and app.state.engine.stopped
+    assert signal.getsignal(signal.SIGTERM) == before
