@@ -157,7 +157,10 @@ class CompiledBatchEngine:
             }
         self.kv: list[torch.Tensor] = []  # every layer's keys, then values [rows, kv_heads, S, D]
         self.lengths: list[int] = []  # each row's tokens = its cache slots in use = its next position id
-        self._pending = 0
+        self.capacities: list[
+            int
+        ] = []  # the slots each row may come to hold (prompt + new tokens + tree room)
+        self._pending = (0, 0)
         sizes = set(self.buckets) | {t for _, t in self.fixed_shapes}
         self._eye = {b: torch.eye(b, dtype=torch.bool, device=self.device) for b in sizes}
 
@@ -188,11 +191,12 @@ class CompiledBatchEngine:
         row = len(self.lengths)
         self._ensure(row + 1, max(capacity, L))
         hidden = prefill_into(self, input_ids, [t[row : row + 1] for t in self.kv])
-        self._pending = L
+        self._pending = (L, max(capacity, L))
         return hidden, project(self.model, self.lm_head, hidden)
 
     def join(self) -> None:
-        self.lengths.append(self._pending)
+        self.lengths.append(self._pending[0])
+        self.capacities.append(self._pending[1])
 
     @torch.no_grad()
     def step(
@@ -268,6 +272,18 @@ class CompiledBatchEngine:
             for t in self.kv:
                 t[: len(keep)] = t.index_select(0, idx)
         self.lengths = [self.lengths[i] for i in keep]
+        self.capacities = [self.capacities[i] for i in keep]
+        self._shrink()
+
+    def _shrink(self) -> None:
+        """Every step attends over all S slots (masked), so a long row that left must not leave its S behind: the
+        cache is freed when the batch empties and cut to what the remaining rows may need when that halves it."""
+        if not self.lengths:
+            self.kv = []
+            return
+        need = -(-(max(self.capacities) + self.buckets[-1]) // CAPACITY_STEP) * CAPACITY_STEP
+        if self.kv and need <= self.kv[0].shape[2] // 2:
+            self.kv = [t[:, :, :need].clone() for t in self.kv]
 
 
 def batch_packages(single) -> list[str]:

@@ -94,7 +94,27 @@ def test_the_cache_grows_with_rows_and_context(monkeypatch):
         dec.step()
     assert rows[0].result.tokens == conts[0][:2].tolist()
     assert [r.result.tokens for r in rows[1:]] == [c.tolist() for c in conts[1:]]
-    assert engine.kv[0].shape[0] == 4 and engine.kv[0].shape[2] % 16 == 0  # rows: a power of two
+    assert engine.kv == []  # the batch emptied: the cache is freed
+
+
+def test_a_long_row_that_leaves_takes_its_slots_with_it(monkeypatch):
+    """Every step attends over all the cache's slots: when the row that needed many leaves, the cache is cut."""
+    family, model, heads, prompts, conts = oracle_setup("llama", num_prompts=2, new_tokens=NEW, seed=15)
+    model = copy.deepcopy(model)
+    monkeypatch.setattr(batch_engine_mod, "CAPACITY_STEP", 16)
+    engine = CompiledBatchEngine(CompiledEngine(model, buckets=(1, 4), backend="inductor"))
+    cfg = DecodeConfig(tree="none", max_new_tokens=NEW)
+    dec = BatchDecoder(model, None, cfg, eos=set(), engine=engine)
+    long = dec.add(prompts[0], row_config(cfg, max_new_tokens=200))
+    short = dec.add(prompts[1])
+    big = engine.kv[0].shape[2]
+    dec.step()
+    dec.cancel(long)
+    dec.step()  # the cancelled row leaves at this step's start
+    assert len(dec.rows) == 1 and engine.kv[0].shape[2] < big // 2  # cut to the short row's need
+    while dec.active:
+        dec.step()
+    assert short.result.tokens == conts[1].tolist()
 
 
 def test_latency_is_measured_on_an_empty_copy(llama_oracle):
