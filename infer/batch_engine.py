@@ -36,7 +36,16 @@ from .backbone import (
     project,
     select_rows,
 )
-from .engine import CAPACITY_STEP, CompiledEngine, EngineError, load_step, prefill_into, step_package
+from .engine import (
+    CAPACITY_STEP,
+    CompiledEngine,
+    EngineError,
+    _restore_attention,
+    failure_line,
+    load_step,
+    prefill_into,
+    step_package,
+)
 
 FIXED_SHAPES = ((2, 1), (4, 1))  # (rows, tokens a row) with steps of their own (README: why)
 
@@ -341,13 +350,8 @@ def make_batch_engine(model, single=None, verbose: bool = True, build: bool = Tr
     try:
         engine = CompiledBatchEngine(single)
     except Exception as e:  # noqa: BLE001 - any compiler failure means eager, said once
-        from .engine import _restore_attention
-
         _restore_attention(model)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return EagerBatchEngine(
-            model
-        ), f"eager: compiling the batched steps failed ({type(e).__name__}: {first[:200]})"
+        return EagerBatchEngine(model), f"eager: compiling the batched steps failed ({failure_line(e)})"
     return engine, f"compiled (batched steps of {'/'.join(map(str, engine.buckets))} tokens)"
 
 

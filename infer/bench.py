@@ -316,26 +316,23 @@ def vllm_env(python: str, threads: int) -> dict:
 def peer_commands(args, model_folder: str) -> dict[str, tuple[list[str], dict | None]]:
     """mode -> (command, environment) of each peer asked for: OpenVINO GenAI plain and prompt lookup, vLLM plain."""
     out = {}
-    threads = ["--threads", str(torch.get_num_threads())]
     if args.peer_openvino:
-        if not os.path.exists(args.peer_python):
-            raise PipelineError(f"--peer-python {args.peer_python} not found (README, Peers: its own venv)")
-        if not os.path.isdir(args.peer_openvino):
-            raise PipelineError(
-                f"--peer-openvino {args.peer_openvino} is not an exported OpenVINO model folder"
-            )
-        cmd = [
-            args.peer_python,
-            os.path.join(ROOT, "bench", "peer_openvino.py"),
-            "--model",
-            args.peer_openvino,
-        ]
-        cmd += ["--max-new-tokens", str(args.max_new_tokens), *threads]
+        cmd = openvino_command(args.peer_python, args.peer_openvino, args.max_new_tokens)
         out["ov-genai"] = (cmd, None)
         out["ov-genai-prompt-lookup"] = (cmd + ["--prompt-lookup"], None)
     if args.peer_vllm:
         out["vllm"] = vllm_command(args.peer_vllm, model_folder, args.max_new_tokens)
     return out
+
+
+def openvino_command(python: str, folder: str, max_new_tokens: int) -> list[str]:
+    """The command of bench/peer_openvino.py run by the OpenVINO venv's ``python`` on an exported ``folder``."""
+    if not os.path.exists(python):
+        raise PipelineError(f"--peer-python {python} not found (README, Peers: its own venv)")
+    if not os.path.isdir(folder):
+        raise PipelineError(f"--peer-openvino {folder} is not an exported OpenVINO model folder")
+    cmd = [python, os.path.join(ROOT, "bench", "peer_openvino.py"), "--model", folder]
+    return cmd + ["--max-new-tokens", str(max_new_tokens), "--threads", str(torch.get_num_threads())]
 
 
 def vllm_command(python: str, model_folder: str, max_new_tokens: int) -> tuple[list[str], dict]:

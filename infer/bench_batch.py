@@ -218,15 +218,13 @@ def main(argv=None) -> int:
         peers["vllm"] = Peer("vllm", cmd, env)
         print(f"# vllm: {json.dumps(peers['vllm'].version)}", flush=True)
     if args.peer_openvino and not args.no_batching:
-        from .bench import Peer, peer_commands
+        from .bench import Peer, openvino_command
 
         try:
-            cmd, env = peer_commands(
-                argparse.Namespace(peer_openvino=args.peer_openvino, peer_python=args.peer_python, peer_vllm=None,
-                                   max_new_tokens=args.max_new_tokens), None)["ov-genai"]  # fmt: skip
+            cmd = openvino_command(args.peer_python, args.peer_openvino, args.max_new_tokens)
         except PipelineError as e:
             fail(e)
-        peers["ov-genai"] = Peer("ov-genai", cmd, env)
+        peers["ov-genai"] = Peer("ov-genai", cmd)
         print(f"# ov-genai: {json.dumps(peers['ov-genai'].version)}", flush=True)
     rows = (
         []

@@ -443,9 +443,8 @@ class BatchLatency:
         engine=None,
     ):
         self.model, self.heads, self.device, self.verbose = model, heads, device, verbose
-        self.engine = (
-            engine if engine is not None and engine.name != "eager" else None
-        )  # a compiled batch engine
+        # a compiled batched engine measures its own profiles (an eager one: the DynamicCache path below)
+        self.engine = engine if engine is not None and engine.name != "eager" else None
         self.profiles: dict[int, LatencyProfile] = {1: single} if single is not None else {}
 
     def for_batch(self, batch: int) -> LatencyProfile:

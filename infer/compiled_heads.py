@@ -178,8 +178,9 @@ def compile_heads(heads, model, engine, build: bool, verbose: bool = False, **op
     try:
         wrapped = CompiledHeads(heads, model, build=build, verbose=verbose, **options)
     except Exception as e:  # noqa: BLE001 - any compiler failure means eager heads, said once
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return heads, f"heads eager: compiling failed ({type(e).__name__}: {first[:200]})"
+        from .engine import failure_line
+
+        return heads, f"heads eager: compiling failed ({failure_line(e)})"
     if not wrapped.compiled:
         return heads, "heads eager: not compiled here yet (once: --engine compiled)"
     return wrapped, f"heads compiled ({wrapped.compiled} drafting shapes)"

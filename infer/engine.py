@@ -303,11 +303,9 @@ def load_step(owner, Tb: int, rows: int | None):
 
         compiled = torch.compile(owner.module, fullgraph=True, dynamic=False)
 
-        def run(
-            *args,
-        ):  # every step shape (rows, tokens, cache length) of every engine compiles the same code
-            # again: this in-process backend (tests) must not hit dynamo's recompile limits, in any thread (the
-            # server's decode thread: dynamo's settings are per thread)
+        # every step shape (rows, tokens, cache length) of every engine compiles the same code again: this
+        # in-process backend (tests) must not hit dynamo's recompile limits, in any thread (they are per thread)
+        def run(*args):
             with dynamo_config.patch(recompile_limit=1024, accumulated_recompile_limit=4096):
                 return compiled(*args)
 
@@ -468,6 +466,12 @@ def build_compiled(model, buckets=DEFAULT_BUCKETS, verbose: bool = True, **optio
     return engine, rec
 
 
+def failure_line(e: Exception) -> str:
+    """A compiler failure in one line, for the reason an engine fell back to eager: 'Type: first line'."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"{type(e).__name__}: {first[:200]}"
+
+
 def _ms(values) -> str:
     return "/".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in values)
 
@@ -482,11 +486,9 @@ def make_engine(model, name: str = "auto", buckets=DEFAULT_BUCKETS, verbose: boo
         return EagerEngine(model), "eager (asked)"
     if name == "auto":
         rec = read_record(model, buckets)
+        folder = package_folder(model, options.get("autotune", True))
         built = options.get("backend", "aoti") != "aoti" or all(
-            os.path.exists(
-                os.path.join(package_folder(model, options.get("autotune", True)), f"step-{b}.pt2")
-            )
-            for b in buckets
+            os.path.exists(step_package(folder, 1, b)) for b in buckets
         )
         if rec is None or not built:
             return EagerEngine(
@@ -501,8 +503,7 @@ def make_engine(model, name: str = "auto", buckets=DEFAULT_BUCKETS, verbose: boo
         engine, rec = build_compiled(model, buckets, verbose=verbose, **options)
     except Exception as e:  # noqa: BLE001 - any compiler failure means eager, said once
         _restore_attention(model)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return EagerEngine(model), f"eager: compiling failed ({type(e).__name__}: {first[:200]})"
+        return EagerEngine(model), f"eager: compiling failed ({failure_line(e)})"
     return engine, (
         f"compiled (steps of {_ms(buckets)} tokens: {_ms(rec['compiled_ms'])} ms vs eager "
         f"{_ms(rec['eager_ms'])} ms; ready in {rec['build_s']:.0f} s)"
@@ -547,9 +548,8 @@ def _set_step_attention(model) -> None:
         from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
         AttentionInterface.register(STEP_ATTENTION, grouped_attention)
-        ALL_MASK_ATTENTION_FUNCTIONS.register(
-            STEP_ATTENTION, eager_mask
-        )  # given no mask, the model builds eager's
+        # called without a mask (an eager prefill), the model builds eager attention's full 4-D mask for it
+        ALL_MASK_ATTENTION_FUNCTIONS.register(STEP_ATTENTION, eager_mask)
     current = getattr(model.config, "_attn_implementation", None)
     if current != STEP_ATTENTION:
         model._medusa_attn = current  # for _restore_attention

@@ -126,6 +126,7 @@ class Pipeline:
     engine_reason: str = "eager"  # why that engine, in one line
     batch_engine_reason: str | None = None  # the same for batched decoding, once asked
     engine_asked: str = "auto"  # --engine as asked: only "compiled" builds what is not on disk yet
+    _batch_engine: object = dataclasses.field(default=None, repr=False)  # built at the first batch_engine()
 
     def batch_engine(self, verbose: bool = True):
         """A new, empty batched engine (:mod:`infer.batch_engine`) for a BatchDecoder: compiled when the pipeline's
@@ -133,7 +134,7 @@ class Pipeline:
         once); else eager, with the reason said once."""
         from .batch_engine import make_batch_engine
 
-        if getattr(self, "_batch_engine", None) is None:
+        if self._batch_engine is None:
             build = self.engine_asked == "compiled"
             self._batch_engine, self.batch_engine_reason = make_batch_engine(
                 self.model, self.engine, verbose, build

@@ -154,7 +154,7 @@ class Engine:
         self.error: str | None = None
         self.thread = None  # thread=False: the caller runs run() (serve's main thread, see serve_forever)
         if thread:
-            self.thread = threading.Thread(target=self._run, name="medusa-decode", daemon=True)
+            self.thread = threading.Thread(target=self.run, name="medusa-decode", daemon=True)
             self.thread.start()
 
     def submit(self, job: Job) -> None:
@@ -174,10 +174,6 @@ class Engine:
         self.wake.set()
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout=10)
-
-    def run(self) -> None:
-        """The decode loop, in the calling thread, until :meth:`stop`."""
-        self._run()
 
     def _admit(self) -> None:
         while len(self.decoder.rows) < self.max_batch:
@@ -199,7 +195,8 @@ class Engine:
             if row.done:
                 job.finish()
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The decode loop, in the calling thread (its own, or serve_forever's main thread), until :meth:`stop`."""
         while not self.stopped:
             inflight = []
             try:

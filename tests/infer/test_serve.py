@@ -556,13 +556,13 @@ def test_serve_forever_decodes_in_the_main_thread_and_stops_on_sigterm(folders):
     app = build_app(pipe, SERVED, max_batch=2, decode_thread=False)
     assert app.state.engine.thread is None
     port, out, decoders = free_port(), {}, []
-    original = app.state.engine._run
+    original = app.state.engine.run
 
     def noted_run():
         decoders.append(threading.current_thread())
         original()
 
-    app.state.engine._run = noted_run
+    app.state.engine.run = noted_run
 
     def client_then_sigterm():
         try:
