@@ -106,9 +106,11 @@ class _CacheWriter:
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         k, v = self.keys[layer_idx], self.values[layer_idx]
         B, h, T, D = key_states.shape
-        idx = self.slots[:, None, :, None].expand(B, h, T, D)
-        k.scatter_(2, idx, key_states)
-        v.scatter_(2, idx, value_states)
+        rows = torch.arange(B, device=k.device)[:, None, None]  # [B, 1, 1]
+        heads = torch.arange(h, device=k.device)[None, :, None]  # [1, h, 1]
+        at = (rows, heads, self.slots[:, None, :])  # -> [B, h, T]: an index_put the compiler does in place
+        k.index_put_(at, key_states)
+        v.index_put_(at, value_states)
         return k[:, :, : self.view], v[:, :, : self.view]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -329,7 +331,7 @@ def package_folder(model, autotune: bool) -> str:
     from .budget import profile_key
     from .cache import cache_root
 
-    key = profile_key(model, next(model.parameters()).device) | {"autotune": autotune, "format": 2}
+    key = profile_key(model, next(model.parameters()).device) | {"autotune": autotune, "format": 3}
     key["weights"] = weights_fingerprint(model)  # the packages hold frozen weights: new weights, new packages
     return os.path.join(cache_root(), "engine", _digest(key))
 
