@@ -187,3 +187,14 @@ def test_the_step_writes_the_cache_in_place():
     assert codes and f"{layer}L" not in "\n".join(codes)  # no loop over a whole cache layer
     keys = example[4]  # layer 0's keys: row b's new entry written at its slot start[b]
     assert keys[:, :, 7].abs().sum() > 0 and keys[:, :, 8:].abs().sum() == 0
+
+
+def test_package_builds_compile_each_gemm_template_once():
+    from torch._inductor.codegen.common import KernelTemplate
+
+    before = KernelTemplate.__dict__["_template_from_string"]
+    with engine_mod._templates_compiled_once():
+        first = KernelTemplate._template_from_string("{{ a }} + {{ b }}")
+        assert KernelTemplate._template_from_string("{{ a }} + {{ b }}") is first
+        assert first.render(a=1, b=2) == "1 + 2"
+    assert KernelTemplate.__dict__["_template_from_string"] is before  # inductor left as it was
