@@ -3,14 +3,15 @@ static), its own accepted length per step, its own position ids and its own stop
 and new rows join it at step boundaries (the server's continuous batching).
 
 The batch's engine (:mod:`infer.batch_engine`: eager, or compiled fixed-shape steps) owns the KV cache. A new row
-is prefilled alone (exactly as batch-1 decoding does) and joins as the last row. Each step every row verifies its
+is prefilled (prompts that arrive together: in one padded forward, on the compiled engine) and joins as the last
+row. Each step every row verifies its
 tree in one forward of [B, T] tokens (T = the biggest tree, smaller trees padded with nodes that see only
 themselves), each row at its own position ids, and keeps its accepted path. Drafting and acceptance are batch-1's
 own functions (:mod:`infer.decode`, :mod:`infer.drafters`), so greedy output of every row equals its batch-1 output
 (fp32).
 
     decoder = BatchDecoder(model, heads, cfg, eos)
-    rows = [decoder.add(ids) for ids in prompts]   # ids [1, L_b]
+    rows = decoder.add_many(prompts)               # ids [1, L_b] each (or decoder.add(ids) one by one)
     while decoder.active:
         decoder.step()                             # rows[b].result grows; finished rows leave
 """
@@ -41,6 +42,8 @@ from .decode import (
     pick_token,
 )
 from .drafters import Drafter, RowState
+
+PREFILL_TOKENS = 2048  # prompts prefilled together: at most this many padded tokens in one forward
 
 
 @dataclass
@@ -88,6 +91,7 @@ class BatchDecoder:
         self.device = next(model.parameters()).device
         self.latency = None if self.plain or self.cfg.tree != "dynamic" else latency
         self.rows: list[Row] = []
+        self.added: list[Row] = []  # what the last add_many made (see there)
 
     @property
     def active(self) -> list[Row]:
@@ -102,33 +106,66 @@ class BatchDecoder:
         on_tokens=None,
         generator=None,
         tag=None,
-    ):
-        """Prefill one prompt ``input_ids`` [1, L] alone and append it to the batch -> its Row (already holding
-        the prefill's token; ``row.done`` when that token ended it). ``sampling``: the row's own settings (a
+    ) -> Row:
+        """Prefill one prompt ``input_ids`` [1, L] and append it to the batch -> its Row (already holding the
+        prefill's token; ``row.done`` when that token ended it). ``sampling``: the row's own settings (a
         DecodeConfig's sampling part is taken; default: the decoder's)."""
-        if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids must be [1, L] with L >= 1, got {tuple(input_ids.shape)}")
-        if sampling is None or isinstance(sampling, DecodeConfig):
-            sampling = (sampling or self.cfg).sampling
-        capacity = input_ids.shape[1] + sampling.max_new_tokens + self.drafter.room
-        check_window(self.model, capacity)
-        row = Row(sampling, DecodeResult(tokens=[]), on_tokens=on_tokens, generator=generator, tag=tag)
-        t0 = now(self.device)
-        hidden, logits = self.engine.prefill(input_ids, capacity)
-        row.root = pick_token(logits, sampling, generator)
-        row.hidden = hidden
-        row.result.time_prefill = now(self.device) - t0
-        row.result.time_total = row.result.time_prefill
-        row.done = emit_tokens(row.result, [row.root], self.eos, sampling, on_tokens, step=False)
-        if self.drafter.use_context:
-            from .context import ContextIndex
+        return self.add_many([input_ids], [sampling], [on_tokens], [generator], [tag])[0]
 
-            row.index = ContextIndex(input_ids[0].tolist() + [row.root])
-        if row.done:
-            return row
-        self.engine.join()
-        self.rows.append(row)
-        return row
+    @torch.no_grad()
+    def add_many(
+        self, prompts: list[torch.Tensor], samplings=None, on_tokens=None, generators=None, tags=None
+    ):
+        """:meth:`add` for several prompts, prefilled together in groups of at most PREFILL_TOKENS padded tokens
+        (one forward reads each weight once for the group) -> their Rows. Per-prompt lists (None: defaults for all);
+        every prompt is checked before any is prefilled."""
+        n = len(prompts)
+        self.added: list[Row] = []  # the rows made so far, even when a later group raises (the server reads it)
+        samplings, on_tokens, generators, tags = (
+            [None] * n if x is None else list(x) for x in (samplings, on_tokens, generators, tags)
+        )
+        capacities = []
+        for i, input_ids in enumerate(prompts):
+            if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
+                raise ValueError(f"input_ids must be [1, L] with L >= 1, got {tuple(input_ids.shape)}")
+            if samplings[i] is None or isinstance(samplings[i], DecodeConfig):
+                samplings[i] = (samplings[i] or self.cfg).sampling
+            capacities.append(input_ids.shape[1] + samplings[i].max_new_tokens + self.drafter.room)
+            check_window(self.model, capacities[-1])
+        rows, group = self.added, []
+        for i in range(n + 1):  # groups of consecutive prompts whose padded size fits PREFILL_TOKENS
+            padded = (len(group) + 1) * max(prompts[j].shape[1] for j in group + [min(i, n - 1)])
+            if group and (i == n or padded > PREFILL_TOKENS):
+                rows.extend(self._prefill_group(
+                    [prompts[j] for j in group], [capacities[j] for j in group],
+                    *([x[j] for j in group] for x in (samplings, on_tokens, generators, tags)),
+                ))  # fmt: skip
+                group = []
+            group.append(i)
+        return rows
+
+    def _prefill_group(self, prompts, capacities, samplings, on_tokens, generators, tags) -> list[Row]:
+        t0 = now(self.device)
+        hidden, logits = self.engine.prefill(prompts, capacities)  # [n, H], [n, V]
+        elapsed = now(self.device) - t0
+        rows, keep = [], []
+        for i, input_ids in enumerate(prompts):
+            row = Row(samplings[i], DecodeResult(tokens=[]), on_tokens=on_tokens[i], generator=generators[i],
+                      tag=tags[i])  # fmt: skip
+            row.root = pick_token(logits[i], row.sampling, row.generator)
+            row.hidden = hidden[i]
+            row.result.time_prefill = row.result.time_total = elapsed
+            row.done = emit_tokens(row.result, [row.root], self.eos, row.sampling, row.on_tokens, step=False)
+            if self.drafter.use_context:
+                from .context import ContextIndex
+
+                row.index = ContextIndex(input_ids[0].tolist() + [row.root])
+            rows.append(row)
+            if not row.done:
+                keep.append(i)
+        self.engine.join(keep)
+        self.rows += [rows[i] for i in keep]
+        return rows
 
     def _tree_inputs(self, drafts):
         """Each row's draft, padded to the biggest tree -> ids [B, T], position offsets [B, T], tree_mask
@@ -244,10 +281,7 @@ def generate_batch(
     settings (max_new_tokens, acceptance, temperature); ``generators``: per-row random generators (sampling);
     ``engine``: a batched engine (default: eager)."""
     dec = BatchDecoder(model, heads, cfg, eos, latency, engine)
-    rows = []
-    for b, ids in enumerate(prompts):
-        row_cfg = configs[b] if configs is not None else None
-        rows.append(dec.add(ids, row_cfg, generator=generators[b] if generators is not None else None))
+    rows = dec.add_many(prompts, configs, generators=generators)
     while dec.active:
         dec.step()
     return [r.result for r in rows]

@@ -1,8 +1,8 @@
 """Engines for batched decoding: who owns the batch's KV cache and runs its steps. The batched decoder
 (:mod:`infer.batch`) asks for five things and never touches a cache itself:
 
-    hidden, logits = engine.prefill(ids, capacity)   # a prompt [1, L], alone -> [H], [V]; not in the batch yet
-    engine.join()                                    # ... now it is: the last row
+    hidden, logits = engine.prefill(prompts, capacities)  # n prompts [1, L_i] -> [n, H], [n, V]; not in the batch
+    engine.join(keep)                                # ... now the pending ones ``keep`` are: the last rows
     hidden, logits = engine.step(ids, offsets, tree_mask)  # [B, T] tokens at each row's length + offsets
     engine.accept(paths)                             # each row keeps its accepted path (None: a plain step)
     engine.drop(keep)                                # rows that finished leave
@@ -72,25 +72,31 @@ class EagerBatchEngine:
         """An empty engine on the same model (to measure latency without touching this one's rows)."""
         return EagerBatchEngine(self.model)
 
-    def prefill(self, input_ids: torch.Tensor, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """input_ids [1, L] -> (last hidden [H], logits [V]); :meth:`join` makes it the batch's last row."""
+    def prefill(self, prompts: list[torch.Tensor], capacities: list[int] | None = None):
+        """Each prompt [1, L_i], alone -> (last hidden [n, H], logits [n, V]); :meth:`join` adds them to the batch
+        (``capacities``: unused, the cache grows as it goes)."""
         from transformers import DynamicCache
 
-        L = input_ids.shape[1]
-        cache = DynamicCache()
-        pos = torch.arange(L, device=self.device)[None]
-        hidden = forward_hidden(self.decoder, input_ids, cache, pos)[0, -1]
-        self._pending = (cache, torch.ones(1, L, dtype=torch.bool, device=self.device), L)
+        self._pending, hidden = [], []
+        for input_ids in prompts:
+            L = input_ids.shape[1]
+            cache = DynamicCache()
+            pos = torch.arange(L, device=self.device)[None]
+            hidden.append(forward_hidden(self.decoder, input_ids, cache, pos)[0, -1])
+            self._pending.append((cache, torch.ones(1, L, dtype=torch.bool, device=self.device), L))
+        hidden = torch.stack(hidden)
         return hidden, project(self.model, self.lm_head, hidden)
 
-    def join(self) -> None:
-        cache, valid, L = self._pending
-        self._pending = None
-        if not self.lengths:
-            self.cache, self.valid = cache, valid
-        else:
-            self.valid = merge_rows(self.cache, self.valid, cache, valid)
-        self.lengths.append(L)
+    def join(self, keep: list[int] | None = None) -> None:
+        """The pending prompts ``keep`` (indices, ascending; None: all) become the batch's last rows."""
+        pending, self._pending = self._pending, []
+        for i in range(len(pending)) if keep is None else keep:
+            cache, valid, L = pending[i]
+            if not self.lengths:
+                self.cache, self.valid = cache, valid
+            else:
+                self.valid = merge_rows(self.cache, self.valid, cache, valid)
+            self.lengths.append(L)
 
     def step(
         self, ids: torch.Tensor, offsets: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None
@@ -169,7 +175,7 @@ class CompiledBatchEngine:
         self.capacities: list[
             int
         ] = []  # the slots each row may come to hold (prompt + new tokens + tree room)
-        self._pending = (0, 0)
+        self._pending: list[tuple[int, int]] = []  # (length, capacity) of each prefilled row not joined yet
         sizes = set(self.buckets) | {t for _, t in self.fixed_shapes}
         self._eye = {b: torch.eye(b, dtype=torch.bool, device=self.device) for b in sizes}
 
@@ -193,19 +199,30 @@ class CompiledBatchEngine:
         self.kv = new
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`EagerBatchEngine.prefill`, run eagerly into the next free cache row; ``capacity``: the tokens
-        this row may hold (prompt + new tokens + tree room)."""
-        L = input_ids.shape[1]
-        row = len(self.lengths)
-        self._ensure(row + 1, max(capacity, L))
-        hidden = prefill_into(self, input_ids, [t[row : row + 1] for t in self.kv])
-        self._pending = (L, max(capacity, L))
+    def prefill(self, prompts: list[torch.Tensor], capacities: list[int] | None = None):
+        """As :meth:`EagerBatchEngine.prefill`, but the prompts run together (right-padded to the longest: one
+        eager forward, each weight read once) into the next free cache rows; ``capacities``: the tokens each row may
+        hold (prompt + new tokens + tree room)."""
+        lengths = [p.shape[1] for p in prompts]
+        capacities = [max(c, n) for c, n in zip(capacities or lengths, lengths)]
+        row, n = len(self.lengths), len(prompts)
+        self._ensure(row + n, max(capacities))
+        ids = torch.zeros(n, max(lengths), dtype=torch.long, device=self.device)
+        for i, p in enumerate(prompts):
+            ids[i, : lengths[i]] = p[0]
+        hidden = prefill_into(self, ids, [t[row : row + n] for t in self.kv], lengths)  # [n, H]
+        self._pending = list(zip(lengths, capacities))
         return hidden, project(self.model, self.lm_head, hidden)
 
-    def join(self) -> None:
-        self.lengths.append(self._pending[0])
-        self.capacities.append(self._pending[1])
+    def join(self, keep: list[int] | None = None) -> None:
+        """As :meth:`EagerBatchEngine.join`: a prefilled row that does not join leaves a gap the later ones close."""
+        pending, self._pending, row = self._pending, [], len(self.lengths)
+        for j, i in enumerate(range(len(pending)) if keep is None else keep):
+            if i != j:
+                for t in self.kv:
+                    t[row + j] = t[row + i]
+            self.lengths.append(pending[i][0])
+            self.capacities.append(pending[i][1])
 
     @torch.no_grad()
     def step(
@@ -316,11 +333,9 @@ def measure_batch_engine(engine, sizes, batch: int, prefix_len: int = 128, reps:
     eng = engine.fresh()
     vocab = eng.lm_head.weight.shape[0]
     g = torch.Generator().manual_seed(0)
-    for _ in range(batch):
-        eng.prefill(
-            torch.randint(0, vocab, (1, prefix_len), generator=g).to(eng.device), prefix_len + max(sizes)
-        )
-        eng.join()
+    prompts = [torch.randint(0, vocab, (1, prefix_len), generator=g).to(eng.device) for _ in range(batch)]
+    eng.prefill(prompts, [prefix_len + max(sizes)] * batch)
+    eng.join()
     runs = [[] for _ in sizes]
     for rep in range(reps + 1):
         for i, T in enumerate(sizes):

@@ -53,7 +53,7 @@ def ours_batched(pipe, prompts, max_new_tokens: int, trees: bool, latency) -> tu
     cfg = pipe.decode_config(max_new_tokens=max_new_tokens, tree=pipe.config.tree if trees else "none")
     dec = BatchDecoder(pipe.model, pipe.heads if trees else None, cfg, pipe.eos, latency if trees else None,
                        pipe.batch_engine())  # fmt: skip
-    rows = [dec.add(p) for p in prompts]
+    rows = dec.add_many(prompts)
     while dec.active:
         dec.step()
     return sum(len(r.result.tokens) for r in rows), [a for r in rows for a in r.result.accept_lengths]

@@ -152,17 +152,25 @@ class StepModule(nn.Module):
         return hidden, project(self.model, lm_head, hidden)
 
 
-def prefill_into(owner, input_ids: torch.Tensor, kv: list[torch.Tensor]) -> torch.Tensor:
-    """Run a prompt input_ids [1, L] eagerly into one preallocated cache row (``kv``: every layer's keys then
-    values, [1, kv_heads, S, D] views), from slot 0 -> the last hidden state [H]."""
-    L = input_ids.shape[1]
-    slots = torch.arange(L, device=input_ids.device)
-    cache = _CacheWriter(kv[: owner.layers], kv[owner.layers :], slots[None], L)
-    causal = torch.ones(L, L, dtype=torch.bool, device=input_ids.device).tril()
-    mask = torch.zeros(1, 1, L, L, dtype=owner.dtype, device=input_ids.device)
-    mask.masked_fill_(~causal, torch.finfo(owner.dtype).min)
-    out = owner.decoder(input_ids=input_ids, cache=cache, position_ids=slots[None], attention_mask=mask)
-    return out.last_hidden_state[0, -1]
+def prefill_into(owner, input_ids: torch.Tensor, kv: list[torch.Tensor], lengths: list[int] | None = None):
+    """Run prompts input_ids [n, L] eagerly into n preallocated cache rows (``kv``: every layer's keys then
+    values, [n, kv_heads, S, D] views), each from slot 0 -> each row's last hidden state [n, H]. ``lengths``: each
+    row's real tokens (right padding after them: written to slots past the row's length, which every step masks
+    and overwrites; default: all L)."""
+    n, L = input_ids.shape
+    dev = input_ids.device
+    lengths = torch.tensor(lengths or [L] * n, device=dev)  # [n]
+    slots = torch.arange(L, device=dev)
+    cache = _CacheWriter(kv[: owner.layers], kv[owner.layers :], slots.expand(n, L), L)
+    visible = torch.ones(L, L, dtype=torch.bool, device=dev).tril() & (
+        slots[None, :] < lengths[:, None, None]
+    )
+    mask = torch.zeros(n, 1, L, L, dtype=owner.dtype, device=dev)
+    mask.masked_fill_(~visible[:, None], torch.finfo(owner.dtype).min)  # [n, 1, L, L]
+    out = owner.decoder(
+        input_ids=input_ids, cache=cache, position_ids=slots.expand(n, L), attention_mask=mask
+    )
+    return out.last_hidden_state[torch.arange(n, device=dev), lengths - 1]
 
 
 def cache_shape(model) -> tuple[int, int, int]:
@@ -235,7 +243,7 @@ class CompiledEngine:
         ``capacity``: the tokens this generation may hold (prompt + new tokens + tree room)."""
         L = input_ids.shape[1]
         self._ensure(max(capacity, L))
-        hidden = prefill_into(self, input_ids, [t[:1] for t in self.kv])
+        hidden = prefill_into(self, input_ids, [t[:1] for t in self.kv])[0]
         self.length = L
         return hidden, project(self.model, self.lm_head, hidden)
 

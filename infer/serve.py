@@ -176,23 +176,34 @@ class Engine:
             self.thread.join(timeout=10)
 
     def _admit(self) -> None:
-        while len(self.decoder.rows) < self.max_batch:
+        """Waiting requests join the batch, prefilled together; when that fails, each alone, so that a request
+        that cannot be prefilled fails alone."""
+        jobs = []
+        while len(self.decoder.rows) + len(jobs) < self.max_batch:
             try:
                 job = self.waiting.get_nowait()
             except queue.Empty:
-                return
+                break
             if job.cancelled:
                 job.finish()
-                continue
-            try:  # a request that cannot be prefilled fails alone
-                row = self.decoder.add(
-                    job.ids, job.sampling, on_tokens=job.push, generator=job.generator, tag=job
-                )
+            else:
+                jobs.append(job)
+        if not jobs:
+            return
+        try:
+            rows = self.decoder.add_many([j.ids for j in jobs], [j.sampling for j in jobs], [j.push for j in jobs],
+                                         [j.generator for j in jobs], jobs)  # fmt: skip
+        except Exception:  # noqa: BLE001 - retried one by one below
+            rows = list(self.decoder.added)  # the groups prefilled before the failure keep their rows
+        for job in jobs[len(rows) :]:
+            try:
+                rows.append(self.decoder.add(job.ids, job.sampling, job.push, job.generator, tag=job))
             except Exception as e:  # noqa: BLE001 - reported to its client, the batch is untouched
                 job.fail(f"{type(e).__name__}: {e}")
-                continue
+                rows.append(None)
+        for job, row in zip(jobs, rows):
             job.row = row
-            if row.done:
+            if row is not None and row.done:
                 job.finish()
 
     def run(self) -> None:

@@ -120,7 +120,7 @@ def test_a_long_row_that_leaves_takes_its_slots_with_it(monkeypatch):
 def test_latency_is_measured_on_an_empty_copy(llama_oracle):
     family, model, heads, prompts, conts, engine = llama_oracle
     live = engine.fresh()
-    live.prefill(prompts[0], 64)
+    live.prefill([prompts[0]], [64])
     live.join()
     before = [t.clone() for t in live.kv]
     ms = measure_batch_engine(live, [1, 4, 8], batch=3, prefix_len=16, reps=1)
@@ -156,7 +156,7 @@ def test_batched_compile_failure_falls_back_to_eager(tmp_path, monkeypatch):
 def test_a_decoder_refuses_an_engine_that_holds_rows(llama_oracle):
     family, model, heads, prompts, conts, engine = llama_oracle
     live = engine.fresh()
-    live.prefill(prompts[0])
+    live.prefill([prompts[0]])
     live.join()
     with pytest.raises(ValueError, match="already holds rows"):
         BatchDecoder(model, heads, DecodeConfig(), eos=set(), engine=live)
@@ -181,3 +181,25 @@ def test_one_row_matches_generate_on_the_compiled_engine(llama_oracle):
     out = generate_batch(model, prompts[:1], heads, cfg, eos=set(), engine=engine.fresh())
     alone = generate(model, prompts[0], heads, cfg, eos=set(), engine=engine.single)
     assert out[0].tokens == alone.tokens == conts[0].tolist()
+
+
+def test_prompts_prefilled_together_decode_like_batch_one(llama_oracle, monkeypatch):
+    """Prompts of different lengths prefilled in one padded forward (and, with a small PREFILL_TOKENS, in several
+    groups); a row that ends at its first token never joins and the rows after it close the gap."""
+    from infer import batch as batch_mod
+
+    family, model, heads, prompts, conts, engine = llama_oracle
+    assert len({p.shape[1] for p in prompts}) > 1  # padding is exercised
+    cfg = DecodeConfig(tree="dynamic", node_budget=7, top_m=4, max_new_tokens=NEW)
+    for budget in (2048, 2 * max(p.shape[1] for p in prompts)):
+        monkeypatch.setattr(batch_mod, "PREFILL_TOKENS", budget)
+        dec = BatchDecoder(model, heads, cfg, eos={int(conts[1][0])}, engine=engine.fresh())
+        rows = dec.add_many(prompts)
+        assert rows[1].done and rows[1].result.tokens == conts[1][:1].tolist()
+        assert len(dec.rows) == len(prompts) - 1 and dec.engine.lengths[1] == prompts[2].shape[1]
+        while dec.active:
+            dec.step()
+        for b, (r, ref) in enumerate(zip(rows, conts)):
+            if b != 1:
+                stop = next((i + 1 for i, t in enumerate(ref.tolist()) if t == int(conts[1][0])), len(ref))
+                assert r.result.tokens == ref[:stop].tolist(), f"row {b} (budget {budget})"

@@ -287,16 +287,17 @@ def test_a_failing_request_ends_alone_and_every_other_row_is_answered(server, mo
     solo = (
         client.chat.completions.create(model=SERVED, messages=msg, max_tokens=24).choices[0].message.content
     )
-    add = engine.decoder.add
+    batch_engine = engine.decoder.engine
+    prefill = batch_engine.prefill
     bad_msg = [{"role": "user", "content": "Tree attention?"}]
     bad_len = server["pipe"].encode(bad_msg).shape[1]
 
-    def add_or_fail(ids, *args, **kwargs):
-        if ids.shape[1] == bad_len:
+    def prefill_or_fail(prompts, *args, **kwargs):  # prompts prefilled together fail together, then alone
+        if any(ids.shape[1] == bad_len for ids in prompts):
             raise RuntimeError("out of memory (injected)")
-        return add(ids, *args, **kwargs)
+        return prefill(prompts, *args, **kwargs)
 
-    monkeypatch.setattr(engine.decoder, "add", add_or_fail)
+    monkeypatch.setattr(batch_engine, "prefill", prefill_or_fail)
     texts = []
 
     def good():
@@ -310,7 +311,7 @@ def test_a_failing_request_ends_alone_and_every_other_row_is_answered(server, mo
     assert "out of memory (injected)" in e.value.body["message"]
     thread.join(timeout=60)
     assert texts == [solo]
-    monkeypatch.setattr(engine.decoder, "add", add)
+    monkeypatch.setattr(batch_engine, "prefill", prefill)
     tiny = client.chat.completions.create(model=SERVED, messages=msg, max_tokens=8, temperature=1e-40, seed=1)
     assert tiny.choices[0].finish_reason in ("length", "stop")
 
