@@ -120,7 +120,7 @@ class BatchDecoder:
         (one forward reads each weight once for the group) -> their Rows. Per-prompt lists (None: defaults for all);
         every prompt is checked before any is prefilled."""
         n = len(prompts)
-        self.added: list[Row] = []  # the rows made so far, even when a later group raises (the server reads it)
+        self.added: list[Row] = []  # rows made so far, kept if a later group raises (the server reads it)
         samplings, on_tokens, generators, tags = (
             [None] * n if x is None else list(x) for x in (samplings, on_tokens, generators, tags)
         )
