@@ -4,9 +4,8 @@ and new rows join it at step boundaries (the server's continuous batching).
 
 The batch's engine (:mod:`infer.batch_engine`: eager, or compiled fixed-shape steps) owns the KV cache. A new row
 is prefilled (prompts that arrive together: in one padded forward, on the compiled engine) and joins as the last
-row. Each step every row verifies its
-tree in one forward of [B, T] tokens (T = the biggest tree, smaller trees padded with nodes that see only
-themselves), each row at its own position ids, and keeps its accepted path. Drafting and acceptance are batch-1's
+row. Each step every row verifies its tree in one forward of [B, T] tokens (T = the biggest tree, smaller trees
+padded with nodes that see only themselves), each row at its own position ids, and keeps its accepted path. Drafting and acceptance are batch-1's
 own functions (:mod:`infer.decode`, :mod:`infer.drafters`), so greedy output of every row equals its batch-1 output
 (fp32).
 
@@ -120,7 +119,7 @@ class BatchDecoder:
         (one forward reads each weight once for the group) -> their Rows. Per-prompt lists (None: defaults for all);
         every prompt is checked before any is prefilled."""
         n = len(prompts)
-        self.added: list[Row] = []  # rows made so far, kept if a later group raises (the server reads it)
+        self.added = []  # rows made so far, kept if a later group raises (the server reads it)
         samplings, on_tokens, generators, tags = (
             [None] * n if x is None else list(x) for x in (samplings, on_tokens, generators, tags)
         )
@@ -147,13 +146,13 @@ class BatchDecoder:
     def _prefill_group(self, prompts, capacities, samplings, on_tokens, generators, tags) -> list[Row]:
         t0 = now(self.device)
         hidden, logits = self.engine.prefill(prompts, capacities)  # [n, H], [n, V]
+        roots = [pick_token(logits[i], samplings[i], generators[i]) for i in range(len(prompts))]
         elapsed = now(self.device) - t0
-        rows, keep = [], []
+        rows, keep = [], []  # nothing is emitted before every step that can raise has run
         for i, input_ids in enumerate(prompts):
             row = Row(samplings[i], DecodeResult(tokens=[]), on_tokens=on_tokens[i], generator=generators[i],
                       tag=tags[i])  # fmt: skip
-            row.root = pick_token(logits[i], row.sampling, row.generator)
-            row.hidden = hidden[i]
+            row.root, row.hidden = roots[i], hidden[i]
             row.result.time_prefill = row.result.time_total = elapsed
             row.done = emit_tokens(row.result, [row.root], self.eos, row.sampling, row.on_tokens, step=False)
             if self.drafter.use_context:

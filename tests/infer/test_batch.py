@@ -147,3 +147,29 @@ def test_a_long_row_beside_short_ones_is_not_packed_every_step(monkeypatch):
     assert [r.tokens for r in out] == alone
     steps = max(r.steps for r in out)
     assert len(calls) <= steps // 4, f"packed on {len(calls)} of {steps} steps"
+
+
+def test_a_group_whose_prefill_raises_emits_nothing_and_adds_no_row(monkeypatch):
+    """Prompts prefilled together: when one row's first token cannot be picked, no row of the group has streamed a
+    token or joined, so the caller (the server) can retry each prompt alone without duplicating any text."""
+    import infer.batch as batch_mod
+
+    family, model, heads, prompts, conts = oracle_setup("llama", num_prompts=3, new_tokens=4, seed=10)
+    dec = BatchDecoder(model, heads, DecodeConfig(max_new_tokens=4), eos=set())
+    streamed, pick = [], batch_mod.pick_token
+    calls = iter(range(100))
+
+    def pick_or_fail(logits, sampling, generator):
+        if next(calls) == 1:
+            raise RuntimeError("injected")
+        return pick(logits, sampling, generator)
+
+    monkeypatch.setattr(batch_mod, "pick_token", pick_or_fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        dec.add_many(prompts, on_tokens=[streamed.append] * 3)
+    assert streamed == [] and dec.rows == [] and dec.added == [] and dec.engine.lengths == []
+    monkeypatch.setattr(batch_mod, "pick_token", pick)
+    rows = [dec.add(p, on_tokens=streamed.append) for p in prompts]  # one by one, as the server retries
+    while dec.active:
+        dec.step()
+    assert [r.result.tokens for r in rows] == [c.tolist() for c in conts]
