@@ -12,9 +12,10 @@
   holes that the mask hides, squeezed out now and then (:func:`infer.backbone.pack_rows`).
 - :class:`CompiledBatchEngine`: the compiled engine's steps for many rows. Each row owns a row of a preallocated
   cache [rows, kv_heads, S, D] and fills it from slot 0 with no holes (an accepted path is moved in place), so its
-  mask is just "my slots before my length, and my tree ancestors", built inside the compiled step. One batched
-  package per tree bucket serves every batch size from 2 (the batch dimension is dynamic; one row uses the
-  one-row packages), rows leave by moving the last rows down, and the cache grows by reallocation.
+  mask is just "my slots before my length, and my tree ancestors", built inside the compiled step. One row runs
+  the one-row packages; plain steps of 2 and 4 rows have fixed-shape packages (3 rows padded to 4, more rows run as
+  steps of 4); trees of several rows run a package whose batch size is dynamic. Prompts that arrive together are
+  prefilled in one right-padded forward. Rows leave by moving the later rows down; the cache grows by reallocation.
 
 Greedy rows equal their batch-1 output on either engine (fp32, tested).
 """
@@ -172,10 +173,11 @@ class CompiledBatchEngine:
             }
         self.kv: list[torch.Tensor] = []  # every layer's keys, then values [rows, kv_heads, S, D]
         self.lengths: list[int] = []  # each row's tokens = its cache slots in use = its next position id
-        self.capacities: list[
-            int
-        ] = []  # the slots each row may come to hold (prompt + new tokens + tree room)
+        # the slots each row may come to hold (prompt + new tokens + tree room)
+        self.capacities: list[int] = []
         self._pending: list[tuple[int, int]] = []  # (length, capacity) of each prefilled row not joined yet
+        # plain steps of more rows than this run as steps of this many rows (see step)
+        self._chunk = max((r for r, t in self.fixed_shapes if t == 1), default=None)
         sizes = set(self.buckets) | {t for _, t in self.fixed_shapes}
         self._eye = {b: torch.eye(b, dtype=torch.bool, device=self.device) for b in sizes}
 
@@ -234,8 +236,8 @@ class CompiledBatchEngine:
         B, T = ids.shape
         Tb = self.bucket(T)
         self._ensure(B, max(self.lengths))
-        chunk = max((r for r, t in self.fixed_shapes if t == 1), default=B)
-        if tree_mask is None and T == Tb and B > chunk:
+        chunk = self._chunk
+        if tree_mask is None and T == Tb and chunk is not None and B > chunk:
             parts = [self._run(ids[i : i + chunk], None, None, i, Tb) for i in range(0, B, chunk)]
             hidden, logits = torch.cat([h for h, _ in parts]), torch.cat([g for _, g in parts])
         else:
