@@ -135,10 +135,10 @@ def main(argv=None) -> int:
 
 
 def drive(args) -> int:
-    from infer.base import load_base_model, resolve_model_path
     from infer.bench import vllm_env
     from infer.cli import fail
-    from infer.heads import MedusaHeads, resolve_heads_path
+    from infer.draft.heads import MedusaHeads, resolve_heads_path
+    from infer.model.base import load_base_model, resolve_model_path
     from infer.pipeline import encode, read_prompts
     from train.export import export_heads
 

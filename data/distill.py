@@ -226,7 +226,7 @@ class LocalGenerator:
             torch.manual_seed(seed)
 
     def _eos_ids(self) -> list[int]:
-        from infer.backbone import stop_ids
+        from infer.model.backbone import stop_ids
 
         ids = sorted(stop_ids(self.model, self.tokenizer))
         if not ids:
@@ -361,7 +361,7 @@ def distill(
         raise DistillError("batch_size and max_new_tokens must be >= 1, temperature >= 0")
     if not records:
         raise DistillError("no input records to distill")
-    from infer.base import DEFAULT_MODEL, load_base_model
+    from infer.model.base import DEFAULT_MODEL, load_base_model
 
     if backend == "local":
         if model is None or tokenizer is None:

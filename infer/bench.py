@@ -30,16 +30,16 @@ import sys
 
 import torch
 
-from .backbone import stop_ids
-from .base import DEFAULT_MODEL, load_base_model, resolve_model_path
-from .baselines import BASELINES, run_baseline
-from .budget import DEFAULT_SIZES, load_or_measure
 from .cli import fail
-from .context import ContextStats
-from .decode import DEFAULT_CHOICES, DecodeConfig, DecodeResult, generate
-from .engine import ENGINES, make_engine
+from .decode.baselines import BASELINES, run_baseline
+from .decode.single import DEFAULT_CHOICES, DecodeConfig, DecodeResult, generate
+from .draft.budget import DEFAULT_SIZES, load_or_measure
+from .draft.context import ContextStats
+from .draft.tree import sparse_tree_from_accuracies
+from .engine.single import ENGINES, make_engine
+from .model.backbone import stop_ids
+from .model.base import DEFAULT_MODEL, load_base_model, resolve_model_path
 from .pipeline import SHIPPED_HEADS, PipelineError, encode, load_calibration, load_heads, read_prompts
-from .tree import sparse_tree_from_accuracies
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PROMPTS = os.path.join(ROOT, "data", "mt_bench_questions.jsonl")
@@ -200,7 +200,7 @@ def _build_mode(args, model, heads, cal, cheap, prefix, baselines, spec, common,
     name, _, n = spec.partition(":")
     n = int(n) if n else 16
     if heads is not None and getattr(engine, "name", "eager") == "compiled":  # the heads' calls compiled too
-        from .compiled_heads import compile_heads
+        from .engine.compiled_heads import compile_heads
 
         if id(heads) not in _COMPILED_HEADS:  # (the heads held too: their id stays theirs)
             _COMPILED_HEADS[id(heads)] = (
@@ -457,7 +457,7 @@ def _bench(args, out) -> int:
         (f"{lb}=" if lb else "") + (os.path.relpath(p, ROOT) if os.path.isdir(p) else p) for lb, p in specs
     )
     label = args.heads_label or label
-    from .hardware import cpu_flags
+    from .model.hardware import cpu_flags
 
     print(
         f"# bench: model {args.model}, heads {label}, cheap heads {args.cheap_heads}, "

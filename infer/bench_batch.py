@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from .batch import BatchDecoder
-from .budget import BatchLatency
 from .cli import fail
-from .engine import ENGINES
-from .hardware import cpu_flags
+from .decode.batch import BatchDecoder
+from .draft.budget import BatchLatency
+from .engine.single import ENGINES
+from .model.hardware import cpu_flags
 from .pipeline import PipelineError, load_pipeline, read_prompts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -208,8 +208,8 @@ def main(argv=None) -> int:
           f"engine {pipe.batch_engine_reason}, CPU {' '.join(cpu_flags())}", flush=True)  # fmt: skip
     peers = {}
     if args.peer_vllm and not args.no_batching:
-        from .base import resolve_model_path
         from .bench import Peer, vllm_command
+        from .model.base import resolve_model_path
 
         try:
             cmd, env = vllm_command(args.peer_vllm, resolve_model_path(None), args.max_new_tokens)

@@ -14,12 +14,12 @@ import sys
 
 import torch
 
-from .base import DEFAULT_MODEL, BaseModelError
-from .calibration import CalibrationError
 from .cli import fail
-from .decode import ACCEPTANCE, DRAFTERS, TREES, DecodeConfig, DecodeResult
-from .engine import ENGINES
-from .heads import HeadsError
+from .decode.single import ACCEPTANCE, DRAFTERS, TREES, DecodeConfig, DecodeResult
+from .draft.calibration import CalibrationError
+from .draft.heads import HeadsError
+from .engine.single import ENGINES
+from .model.base import DEFAULT_MODEL, BaseModelError
 from .pipeline import PipelineError, deterministic_dtype, load_pipeline, read_prompts, result_summary
 
 
@@ -248,7 +248,7 @@ def run(args) -> int:
         record = {**(where or {}), "prompt_tokens": ids.shape[1], "engine": pipe.engine.name}
         record |= result_summary(out, mode)
         if args.compare and mode != "plain":
-            from .baselines import run_baseline
+            from .decode.baselines import run_baseline
 
             torch.manual_seed(args.seed)
             base = pipe.generate(ids, decode_config(args, tree="none"), generator=generator)

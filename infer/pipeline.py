@@ -8,7 +8,7 @@ Everything here raises exceptions (:class:`PipelineError`, a ``ValueError``, or 
     from infer.pipeline import load_pipeline
     pipe = load_pipeline()                                  # embedded default + shipped heads, auto dtype/budget
     ids = pipe.encode([{"role": "user", "content": "Hi"}])  # [1, L]
-    result = pipe.generate(ids, max_new_tokens=64)          # infer.decode.DecodeResult
+    result = pipe.generate(ids, max_new_tokens=64)          # infer.decode.single.DecodeResult
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .backbone import stop_ids
-from .base import DEFAULT_MODEL, load_base_model
-from .decode import DecodeConfig, DecodeResult, generate, tree_room
-from .heads import MedusaHeads
+from .decode.single import DecodeConfig, DecodeResult, generate, tree_room
+from .draft.heads import MedusaHeads
+from .model.backbone import stop_ids
+from .model.base import DEFAULT_MODEL, load_base_model
 
 # The shipped heads of the default model, both with an 8,192-token head vocabulary: sequential heads
 # (recipes/smollm2-135m-sequential.yaml), the default because they measured faster (README, Results), and Medusa
@@ -122,17 +122,17 @@ class Pipeline:
     device: str = "cpu"
     name: str = DEFAULT_MODEL  # the base model's id, as asked
     template: str | None = None  # the chat template the heads were trained with (their recipe's), else None
-    engine: object = None  # infer.engine: who runs the model's steps (None: eager)
+    engine: object = None  # infer.engine.single: who runs the model's steps (None: eager)
     engine_reason: str = "eager"  # why that engine, in one line
     batch_engine_reason: str | None = None  # the same for batched decoding, once asked
     engine_asked: str = "auto"  # --engine as asked: only "compiled" builds what is not on disk yet
     _batch_engine: object = dataclasses.field(default=None, repr=False)  # built at the first batch_engine()
 
     def batch_engine(self, verbose: bool = True):
-        """A new, empty batched engine (:mod:`infer.batch_engine`) for a BatchDecoder: compiled when the pipeline's
+        """A new, empty batched engine (:mod:`infer.engine.batch`) for a BatchDecoder: compiled when the pipeline's
         engine is and its batched steps load from the disk cache (or, under ``engine="compiled"``, build now: minutes,
         once); else eager, with the reason said once."""
-        from .batch_engine import make_batch_engine
+        from .engine.batch import make_batch_engine
 
         if self._batch_engine is None:
             build = self.engine_asked == "compiled"
@@ -235,9 +235,9 @@ def load_calibration(
     heads: MedusaHeads, heads_path: str | None, calibration: str = "auto", name=DEFAULT_MODEL
 ):
     """ "auto": calibration.json beside the heads (None when absent); "none": None; else a calibration file."""
-    from .calibration import Calibration
-    from .calibration import load_calibration as beside
-    from .heads import resolve_heads_path
+    from .draft.calibration import Calibration
+    from .draft.calibration import load_calibration as beside
+    from .draft.heads import resolve_heads_path
 
     if calibration == "none":
         return None
@@ -273,8 +273,8 @@ def load_pipeline(
     ``auto_budget``: dynamic trees pick their node count each step (<= max_nodes) from measured latency.
     ``engine``: ``auto`` (compiled where a build here measured it faster), ``compiled`` or ``eager`` (:mod:`.engine`).
     """
-    from .engine import make_engine
-    from .tree import sparse_tree_from_accuracies
+    from .draft.tree import sparse_tree_from_accuracies
+    from .engine.single import make_engine
 
     check_device(device)
     name = model or DEFAULT_MODEL
@@ -283,7 +283,7 @@ def load_pipeline(
     if (
         cfg.context or cfg.hybrid
     ) and cfg.context_stats is None:  # the context nodes' acceptance, across requests
-        from .context import ContextStats
+        from .draft.context import ContextStats
 
         cfg.context_stats = ContextStats()
     base, tokenizer = load_base_model(model, dtype, revision, trust_remote_code, device, verbose=verbose)
@@ -295,7 +295,7 @@ def load_pipeline(
         loaded = load_heads(heads, base, heads_revision, name)
         cfg.calibration = load_calibration(loaded, heads, calibration, name)
         if step_engine.name == "compiled":  # the heads' drafting calls compiled too (built under "compiled")
-            from .compiled_heads import compile_heads
+            from .engine.compiled_heads import compile_heads
 
             loaded, heads_reason = compile_heads(loaded, base, step_engine, engine == "compiled", verbose)
             if verbose:
@@ -308,7 +308,7 @@ def load_pipeline(
     if (
         cfg.tree == "dynamic" and auto_budget and (loaded is not None or cfg.context)
     ):  # context: chains cut too
-        from .budget import DEFAULT_SIZES, load_or_measure
+        from .draft.budget import DEFAULT_SIZES, load_or_measure
 
         top = max_nodes + 1 if step_engine.buckets is None else min(max_nodes + 1, step_engine.buckets[-1])
         sizes = [t for t in DEFAULT_SIZES if t <= top]
@@ -317,7 +317,7 @@ def load_pipeline(
         )
     template = None
     if loaded is not None:
-        from .heads import resolve_heads_path
+        from .draft.heads import resolve_heads_path
 
         template = heads_template(resolve_heads_path(heads or SHIPPED_HEADS[name]), tokenizer)
     return Pipeline(

@@ -15,10 +15,10 @@ import argparse
 
 import torch
 
-from .backbone import stop_ids
-from .base import DEFAULT_MODEL, load_base_model
 from .cli import fail
-from .decode import DecodeConfig, generate
+from .decode.single import DecodeConfig, generate
+from .model.backbone import stop_ids
+from .model.base import DEFAULT_MODEL, load_base_model
 from .pipeline import SHIPPED_HEADS, PipelineError, encode, load_calibration, load_heads, read_prompts
 
 

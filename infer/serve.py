@@ -9,7 +9,7 @@ Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (``"stream
 lossless tree speculative sampling of the full distribution), ``stop`` (up to 4 strings), ``seed``. Each response
 carries ``usage`` and ``medusa`` (decode steps and tokens per step); a stream sends them in its last chunk.
 
-One decode thread owns a :class:`infer.batch.BatchDecoder`: requests that arrive while others decode join the
+One decode thread owns a :class:`infer.decode.batch.BatchDecoder`: requests that arrive while others decode join the
 batch at the next step boundary (up to ``--max-batch`` rows; the others wait their turn, at most ``--max-queue`` of
 them: beyond that a request is refused at once with 429 "overloaded" and ``Retry-After``). A client that disconnects
 stops its row. Bad requests get a 4xx with OpenAI's error body ``{"error": {"message", "type", "param", "code"}}``.
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .batch import BatchDecoder
 from .cli import fail
-from .decode import DRAFTERS, DecodeConfig, Sampling, tree_room
-from .engine import ENGINES
+from .decode.batch import BatchDecoder
+from .decode.single import DRAFTERS, DecodeConfig, Sampling, tree_room
+from .engine.single import ENGINES
 from .pipeline import Pipeline
 
 # requests waiting for a row beyond this are refused with 429 "overloaded", not queued without bound
@@ -136,7 +136,7 @@ class Engine:
         max_queue: int = MAX_QUEUE,
         thread: bool = True,
     ):
-        from .budget import BatchLatency
+        from .draft.budget import BatchLatency
 
         self.pipe, self.max_batch, self.max_queue = pipe, max_batch, max_queue
         cfg = pipe.config if trees else pipe.decode_config(tree="none")
@@ -581,9 +581,9 @@ def _check_port(host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .base import BaseModelError
-    from .calibration import CalibrationError
-    from .heads import HeadsError
+    from .draft.calibration import CalibrationError
+    from .draft.heads import HeadsError
+    from .model.base import BaseModelError
     from .pipeline import PipelineError, deterministic_dtype, load_pipeline
 
     args = build_parser().parse_args(argv)

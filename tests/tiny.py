@@ -109,7 +109,7 @@ def fit_oracle_heads(
     """Heads fitted (memorised) on the model's own greedy sequences [N]: an oracle so that tree decoding
     accepts several tokens per step in tests. Own-projection layout, Adam on the Medusa loss; sequential heads
     read the true path tokens (teacher forcing)."""
-    from infer.heads import MedusaConfig, MedusaHeads
+    from infer.draft.heads import MedusaConfig, MedusaHeads
 
     torch.manual_seed(seed)
     cfg = model.config

@@ -32,7 +32,7 @@ import sys
 
 import torch
 
-from infer.calibration import FILE_NAME, CalibrationError
+from infer.draft.calibration import FILE_NAME, CalibrationError
 from train.calibration_fit import FOLDS, PER_RANK, fit, plot_reliability, summary
 from train.config import RecipeError, read_saved_recipe
 
@@ -80,7 +80,7 @@ def greedy_chain(model, ids: torch.Tensor, positions: torch.Tensor, depth: int, 
     that extend every position's chain at once (a block mask: prefix up to its position + its own chain)."""
     from transformers import DynamicCache
 
-    from infer.backbone import additive_mask, decoder_and_head, forward_hidden, project, truncate_cache
+    from infer.model.backbone import additive_mask, decoder_and_head, forward_hidden, project, truncate_cache
 
     decoder, lm_head = decoder_and_head(model)
     dtype = next(model.parameters()).dtype
@@ -124,7 +124,7 @@ def collect(
     betas [G]; valid [K, N] (head k scored at that position); example [N]; and counts.
     """
     from data.chat import IGNORE_INDEX, tokenize_messages
-    from infer.backbone import decoder_and_head
+    from infer.model.backbone import decoder_and_head
 
     K = heads.num_heads
     device = next(model.parameters()).device
@@ -199,7 +199,7 @@ def first_prompt(tokenizer, record: dict, template: str | None = None) -> torch.
 
 @torch.no_grad()
 def _engine(model, name: str):
-    from infer.engine import make_engine
+    from infer.engine.single import make_engine
 
     engine, reason = make_engine(model, name)
     log.info("engine %s -> %s", name, reason)
@@ -216,7 +216,7 @@ def collect_decode(
     max_new_tokens: int = 128,  # tokens decoded per conversation (its first user turn)
     node_budget: int = 16,  # the dynamic tree the decoder runs while collecting (raw head probabilities)
     template: str | None = None,
-    engine=None,  # infer.engine: who runs the decoder's steps (None: eager)
+    engine=None,  # infer.engine.single: who runs the decoder's steps (None: eager)
 ) -> dict:
     """Events on the positions decoding visits, conditioned on the path: the real decoder (greedy, dynamic tree)
     answers each conversation's first user turn; at every tree step's root it records the heads' input. Then,
@@ -224,8 +224,8 @@ def collect_decode(
     the tokens greedy decoding went on to emit) and whether each is that true token. An event of depth k+1
     counts only where the true tokens of depths 1..k were each among their head's top-m: the node's parent could
     be in the tree and accepted. Same output as :func:`collect` (one "position" per tree step)."""
-    from infer.backbone import decoder_and_head, stop_ids
-    from infer.decode import DecodeConfig, generate
+    from infer.decode.single import DecodeConfig, generate
+    from infer.model.backbone import decoder_and_head, stop_ids
 
     K = heads.num_heads
     device = next(model.parameters()).device
@@ -457,8 +457,8 @@ def calibrate(
     recipe (read back through the schema) does not fix: the base model, chat template and max length. Raises
     CalibrationError / RecipeError / HeadsError; returns the fitted Calibration.
     """
-    from infer.base import load_base_model
-    from infer.heads import MedusaHeads, resolve_heads_path
+    from infer.draft.heads import MedusaHeads, resolve_heads_path
+    from infer.model.base import load_base_model
 
     folder = resolve_heads_path(heads)
     if out is None and not os.path.isdir(heads):

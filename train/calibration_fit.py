@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from infer.calibration import EPS, Calibration, CalibrationError, HeadMap
+from infer.draft.calibration import EPS, Calibration, CalibrationError, HeadMap
 
 log = logging.getLogger("calibrate")
 

@@ -24,7 +24,9 @@ from typing import Any
 
 import yaml
 
-DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded default of infer/base.py (loads offline)
+DEFAULT_MODEL = (
+    "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded default of infer/model/base.py (loads offline)
+)
 MODES = ("medusa1", "medusa2")
 LAYOUTS = ("shared_lm_head", "own_lm_head")
 DTYPES = ("float32", "bfloat16", "float16", "auto")  # auto: the faster on this machine, measured

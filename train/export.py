@@ -5,7 +5,7 @@
 
 From Python (training calls it at the end of a run): ``export_heads(heads, fmt, out, base_model=None,
 medusa_choices=None, force=False) -> list[str]``, the warnings it printed. ``HEADS`` is a heads folder or Hub id
-(ours, or any layout ``infer.heads.MedusaHeads.from_pretrained`` reads), and every export loads back with
+(ours, or any layout ``infer.draft.heads.MedusaHeads.from_pretrained`` reads), and every export loads back with
 ``MedusaHeads.from_pretrained(DIR)``. Errors are :class:`ExportError` (a ``ValueError``); the CLI prints one line
 ``error: ...`` and exits 2.
 
@@ -62,7 +62,7 @@ Where a format cannot hold what the heads are, the export refuses, expands or wa
 
 The static tree (trtllm, medusa1): ``--medusa-choices`` when given, else the best tree of ``--tree-nodes`` nodes
 (default 16, what ``infer.generate --tree static`` uses) grown from the calibrated per-rank accuracies in the heads'
-``calibration.json`` (Medusa's sparse-tree recipe), else ``infer.decode.DEFAULT_CHOICES``. vLLM and TGI draft a
+``calibration.json`` (Medusa's sparse-tree recipe), else ``infer.decode.single.DEFAULT_CHOICES``. vLLM and TGI draft a
 chain of top-1 tokens and take no tree. Tensors keep the heads' stored dtype (a shared lm_head is cast to it).
 """
 
@@ -79,8 +79,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from infer.heads import WEIGHTS_NAME, HeadsError, MedusaHeads, resolve_heads_path
-from infer.heads_formats import (
+from infer.draft.heads import WEIGHTS_NAME, HeadsError, MedusaHeads, resolve_heads_path
+from infer.draft.heads_formats import (
     CHOICES_NAME,
     MEDUSA_ST,
     VLLM_TOKEN_MAP_FLAG,
@@ -261,7 +261,7 @@ def _is_export(folder: str) -> bool:
 
 def _static_choices(given, folder: str, K: int, nodes: int) -> tuple[list[tuple[int, ...]], str]:
     """(medusa_choices, where they come from), checked: every prefix listed, depth <= K."""
-    from infer.tree import sparse_tree_from_accuracies, static_tree
+    from infer.draft.tree import sparse_tree_from_accuracies, static_tree
 
     if given is not None:
         if isinstance(given, str):
@@ -278,7 +278,7 @@ def _static_choices(given, folder: str, K: int, nodes: int) -> tuple[list[tuple[
     else:
         if nodes < 1:
             raise ExportError(f"--tree-nodes must be >= 1, got {nodes}")
-        from infer.calibration import CalibrationError, load_calibration
+        from infer.draft.calibration import CalibrationError, load_calibration
 
         try:
             cal = load_calibration(folder)
@@ -289,12 +289,10 @@ def _static_choices(given, folder: str, K: int, nodes: int) -> tuple[list[tuple[
             choices = sparse_tree_from_accuracies(acc[:K], nodes)
             source = f"the best {nodes}-node tree grown from calibration.json's per-rank accuracies"
         else:
-            from infer.decode import DEFAULT_CHOICES
+            from infer.decode.single import DEFAULT_CHOICES
 
             choices = [tuple(c) for c in DEFAULT_CHOICES if len(c) <= K]
-            source = (
-                "infer.decode.DEFAULT_CHOICES (no calibration.json with per-rank accuracies beside the heads)"
-            )
+            source = "infer.decode.single.DEFAULT_CHOICES (no calibration.json with per-rank accuracies beside the heads)"
     try:
         tree = static_tree(choices)
     except ValueError as e:
@@ -322,7 +320,7 @@ def _check_base_fits(name: str, revision: str | None, V: int, H: int, warn) -> s
     that cannot be read here (an uncached Hub id offline) is a warning, not an error."""
     from transformers import AutoConfig
 
-    from infer.base import BaseModelError, resolve_model_path
+    from infer.model.base import BaseModelError, resolve_model_path
 
     try:
         config = AutoConfig.from_pretrained(resolve_model_path(name), revision=revision)
@@ -340,8 +338,8 @@ def _check_base_fits(name: str, revision: str | None, V: int, H: int, warn) -> s
 
 def _base_lm_head(name: str, revision: str | None, V: int, H: int) -> tuple[torch.Tensor, str | None]:
     """(the base model's output embedding [V, H], its model_type): read from its safetensors alone when possible,
-    else by loading the model (infer.base.load_base_model)."""
-    from infer.base import BaseModelError, load_base_model, resolve_model_path
+    else by loading the model (infer.model.base.load_base_model)."""
+    from infer.model.base import BaseModelError, load_base_model, resolve_model_path
 
     try:
         path = resolve_model_path(name)

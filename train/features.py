@@ -71,8 +71,8 @@ def cache_features(accelerator, cfg, base, ds, collate_fn, name):
     the tokenised data, the model and its dtype, and the heads' shifts; a killed run resumes shard by shard."""
     from safetensors.torch import save_file
 
-    from infer.base import resolve_model_path
     from infer.cache import cache_root
+    from infer.model.base import resolve_model_path
 
     K, path, m = cfg.heads.medusa_num_heads, resolve_model_path(cfg.model.name_or_path), cfg.model
     files = [os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else []

@@ -11,7 +11,7 @@ def model_problem(name: str, revision: str | None) -> str | None:
     be in the local Hugging Face cache or known to the Hub), or None."""
     import importlib.util
 
-    from infer.base import DEFAULT_MODEL, EMBEDDED
+    from infer.model.base import DEFAULT_MODEL, EMBEDDED
 
     if os.path.isdir(name):
         return None

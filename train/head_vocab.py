@@ -19,7 +19,7 @@ from collections import Counter
 
 import torch
 
-from infer.heads import MedusaHeads
+from infer.draft.heads import MedusaHeads
 
 SIZES = (2048, 4096, 8192, 16384, 32768)
 
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="output heads folder (default: HEADS-v{size})")
     args = p.parse_args(argv)
 
-    from infer.base import load_base_model
+    from infer.model.base import load_base_model
 
     out = args.out or f"{args.heads.rstrip('/')}-v{args.size}"
     if os.path.exists(out) and os.path.samefile(out, args.heads):  # before anything is written

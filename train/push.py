@@ -33,7 +33,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
-from infer.heads import CONFIG_NAME, WEIGHTS_NAME, HeadsError, MedusaConfig, MedusaHeads
+from infer.draft.heads import CONFIG_NAME, WEIGHTS_NAME, HeadsError, MedusaConfig, MedusaHeads
 from train.config import Recipe, RecipeError, read_saved_recipe
 from train.model_card import build_model_card
 

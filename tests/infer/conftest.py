@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from infer.heads import MedusaConfig, MedusaHeads
+from infer.draft.heads import MedusaConfig, MedusaHeads
 from tests.tiny import tiny_model, tiny_tokenizer
 
 
@@ -35,7 +35,7 @@ def folders(tmp_path_factory):
 @pytest.fixture
 def calibrated_heads(folders, tmp_path):
     """A copy of the tiny heads with an identity calibration that carries per-rank accuracies."""
-    from infer.calibration import Calibration
+    from infer.draft.calibration import Calibration
 
     heads = tmp_path / "heads"
     heads.mkdir()

@@ -18,7 +18,7 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 import httpx  # noqa: E402
 
-from infer.decode import DecodeConfig  # noqa: E402
+from infer.decode.single import DecodeConfig  # noqa: E402
 from infer.pipeline import load_pipeline  # noqa: E402
 
 SERVED = "tiny-medusa"
@@ -317,10 +317,10 @@ def test_a_failing_request_ends_alone_and_every_other_row_is_answered(server, mo
 
     # the step right after a row stopped on a stop string raises (in the model's forward, after the stopped row
     # left the batch): the stopped row still gets its answer, the other its error
-    import infer.batch_engine
+    import infer.engine.batch
 
     forward, cancel, state = (
-        infer.batch_engine.forward_hidden,
+        infer.engine.batch.forward_hidden,
         engine.decoder.cancel,
         {"stopped": False, "raised": 0},
     )
@@ -337,7 +337,7 @@ def test_a_failing_request_ends_alone_and_every_other_row_is_answered(server, mo
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(engine.decoder, "cancel", cancel_and_note)
-    monkeypatch.setattr(infer.batch_engine, "forward_hidden", forward_or_fail)
+    monkeypatch.setattr(infer.engine.batch, "forward_hidden", forward_or_fail)
     replies = {}
 
     def ask(name, **kw):
@@ -518,7 +518,7 @@ def test_a_fault_run_hurts_no_good_request(server):
 def test_a_server_on_the_compiled_engine_answers_like_plain_decoding(folders):
     """The batch on the compiled engine (torch.compile in process here): 3 concurrent greedy requests (rows padded
     to the 4-row step, rows leaving as they stop) each get plain greedy decoding's answer."""
-    from infer.engine import CompiledEngine
+    from infer.engine.single import CompiledEngine
     from infer.serve import build_app
 
     pipe = load_pipeline(str(folders / "model"), str(folders / "heads"), dtype="float32",

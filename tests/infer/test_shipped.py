@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from infer.base import DEFAULT_MODEL
-from infer.calibration import load_calibration
-from infer.heads import MedusaHeads
+from infer.draft.calibration import load_calibration
+from infer.draft.heads import MedusaHeads
+from infer.model.base import DEFAULT_MODEL
 from infer.pipeline import SHIPPED_HEADS, SHIPPED_MEDUSA_HEADS
 
 
@@ -43,8 +43,8 @@ def test_batched_decoding_on_the_embedded_default_equals_batch_one():
     each prompt's own batch-1 greedy output, with several tokens per step."""
     import torch
 
-    from infer.batch import generate_batch
-    from infer.decode import DecodeConfig
+    from infer.decode.batch import generate_batch
+    from infer.decode.single import DecodeConfig
     from infer.pipeline import load_pipeline
 
     torch.set_num_threads(2)

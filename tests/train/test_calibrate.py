@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
-from infer.calibration import Calibration, CalibrationError, load_calibration
-from infer.heads import MedusaConfig, MedusaHeads
+from infer.draft.calibration import Calibration, CalibrationError, load_calibration
+from infer.draft.heads import MedusaConfig, MedusaHeads
 from tests.tiny import CORPUS, fit_oracle_heads, greedy_continuations, tiny_model, tiny_tokenizer
 from train.calibrate import BETAS, candidate_stats, check_not_training_data, collect, load_records, main
 from train.calibration_fit import _head, fit, fit_isotonic, fit_temperature, pav, predict, summary
@@ -176,7 +176,7 @@ def test_collect_and_fit_on_self_distilled_data(distilled, tmp_path):
     idx, logp = again.topk(logits, 4)
     assert torch.equal(idx, logits.topk(4).indices) and torch.all(logp <= 0)
     # the decoder takes it as is: still lossless greedy decoding, with calibrated tree scores
-    from infer.decode import DecodeConfig, generate
+    from infer.decode.single import DecodeConfig, generate
 
     ids = torch.tensor([records[9]["input_ids"][:8]])
     cfg = DecodeConfig(tree="dynamic", node_budget=12, top_m=4, max_new_tokens=12, calibration=again)
@@ -227,7 +227,7 @@ def test_cli_end_to_end(tmp_path, capsys):
 def test_collect_decode_events_on_visited_positions(tmp_path, head_type):
     """--events decode: one event row per tree step the real decoder took, at the root it ran the heads on;
     depth k+1 counts only where depths 1..k were reachable (their true token in the head's top-m)."""
-    from infer.decode import DecodeConfig, generate
+    from infer.decode.single import DecodeConfig, generate
     from train.calibrate import collect_decode, first_prompt
 
     tok = tiny_tokenizer()

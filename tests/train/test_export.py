@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from infer.heads import HeadsError, MedusaConfig, MedusaHeads
+from infer.draft.heads import HeadsError, MedusaConfig, MedusaHeads
 from tests.tiny import tiny_model
 from train.export import ExportError, export_heads, main
 
@@ -144,7 +144,7 @@ def _original_logits(folder, fmt, x):
         pt, st = (os.path.join(folder, n) for n in TRTLLM_WEIGHTS_FILES)
         state = torch.load(pt, weights_only=True) if os.path.exists(pt) else load_file(st)
     if fmt == "medusa1":  # the real module: one ResBlock repeated L times, then the projection
-        from infer.heads import ResBlock
+        from infer.draft.heads import ResBlock
 
         heads = torch.nn.ModuleList(
             torch.nn.Sequential(*([ResBlock(H)] * L), torch.nn.Linear(H, V, bias=False))
@@ -251,9 +251,9 @@ def test_export_loads_back_with_identical_logits(tmp_path, base, fmt_id, layout,
 
 
 def test_trtllm_and_medusa1_carry_the_static_tree(tmp_path, base):
-    from infer.calibration import Calibration
-    from infer.decode import DEFAULT_CHOICES
-    from infer.tree import sparse_tree_from_accuracies
+    from infer.decode.single import DEFAULT_CHOICES
+    from infer.draft.calibration import Calibration
+    from infer.draft.tree import sparse_tree_from_accuracies
 
     _heads(tmp_path / "heads", base[0], "own_lm_head", L=1)
     export_heads(str(tmp_path / "heads"), "trtllm", str(tmp_path / "a"))
@@ -288,7 +288,7 @@ def test_shared_lm_head_is_read_from_the_checkpoint_alone(tmp_path, monkeypatch)
     """A tied base stores only the input embedding: it is found by name, without loading the model."""
     from transformers import AutoModelForCausalLM
 
-    import infer.base
+    import infer.model.base
     from tests.tiny import tiny_config
 
     config = tiny_config("llama", vocab_size=V, hidden_size=H, layers=1)
@@ -302,7 +302,7 @@ def test_shared_lm_head_is_read_from_the_checkpoint_alone(tmp_path, monkeypatch)
     def no_full_load(*args, **kwargs):
         raise AssertionError("the base model was loaded")
 
-    monkeypatch.setattr(infer.base, "load_base_model", no_full_load)
+    monkeypatch.setattr(infer.model.base, "load_base_model", no_full_load)
     heads = _heads(tmp_path / "heads", str(tmp_path / "tied"), "shared_lm_head")
     export_heads(str(tmp_path / "heads"), "tgi", str(tmp_path / "out"))
     x = torch.randn(4, H)

@@ -14,7 +14,7 @@ def test_choose_vocab_keeps_most_frequent_and_forced_tokens():
 def test_out_must_not_be_the_input_folder(tmp_path):
     import pytest
 
-    from infer.heads import MedusaConfig, MedusaHeads
+    from infer.draft.heads import MedusaConfig, MedusaHeads
     from train.head_vocab import main
 
     heads = tmp_path / "heads"

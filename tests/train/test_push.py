@@ -14,7 +14,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from infer.heads import MedusaConfig, MedusaHeads
+from infer.draft.heads import MedusaConfig, MedusaHeads
 from tests.train.hub_server import FakeHub
 from train.model_card import NOT_MEASURED, build_model_card, parse_front_matter
 from train.push import PushError, dry_run, main, push_to_hub
@@ -137,7 +137,7 @@ def test_card_builder_marks_missing_cells():
 
 
 def test_card_names_the_quantized_weights_of_an_embedded_base():
-    from infer.base import DEFAULT_MODEL
+    from infer.model.base import DEFAULT_MODEL
 
     config = {"medusa_num_heads": 2, "medusa_num_layers": 1, "base_model_name_or_path": DEFAULT_MODEL}
     card = build_model_card(config=config, repo_id="me/h", base_model=DEFAULT_MODEL, metrics=None)

@@ -107,7 +107,7 @@ def test_zero2_two_processes(assets):
     assert len(metrics["heads"]) == 3 and all(0 <= h["top1"] <= h["top5"] <= 1 for h in metrics["heads"])
     assert metrics["train_data"] == assets["data"] and metrics["train_time_s"] >= 0
 
-    from infer.heads import MedusaHeads
+    from infer.draft.heads import MedusaHeads
 
     heads = MedusaHeads.from_pretrained(os.path.join(out, "final"))
     assert heads.config.medusa_num_heads == 3 and heads.config.layout == "own_lm_head"
@@ -200,7 +200,7 @@ def test_trainee_scores_a_reduced_head_vocabulary():
     """Head vocabulary [V_head]: CE over its rows only; targets outside it are misses that add no loss."""
     from torch import nn
 
-    from infer.heads import MedusaConfig, MedusaHeads
+    from infer.draft.heads import MedusaConfig, MedusaHeads
     from train.trainee import Trainee
 
     torch.manual_seed(0)
@@ -223,7 +223,7 @@ def test_trainee_scores_a_reduced_head_vocabulary():
 def test_reduced_head_vocabulary_training(assets):
     """heads.head_vocab_size: the vocabulary comes from the training labels, the cached and the uncached paths
     agree, held-out accuracy counts every labelled token (the full-vocabulary run's count), heads load back."""
-    from infer.heads import MedusaHeads
+    from infer.draft.heads import MedusaHeads
 
     base = ["max_steps=2", "save_every=0", "layout=shared_lm_head"]
     full = run(assets, str(assets["root"] / "v-full"), *base)
@@ -251,7 +251,7 @@ def test_reduced_head_vocabulary_training(assets):
 def test_sequential_heads_training(assets):
     """heads.head_type=sequential: the cached and uncached paths agree (the cache holds the path tokens), the
     heads load back as sequential, and each head reads embeddings of its path (teacher forcing)."""
-    from infer.heads import MedusaHeads
+    from infer.draft.heads import MedusaHeads
 
     base = ["max_steps=3", "save_every=0", "head_type=sequential", "layout=shared_lm_head"]
     plain, cached = str(assets["root"] / "s-plain"), str(assets["root"] / "s-cached")
@@ -372,7 +372,7 @@ def test_calibration_after_training_is_a_function_call(assets, monkeypatch):
 
 def test_export_at_the_end_of_training(assets):
     """output.export: final/ exported for serving engines; each export loads back with the same head logits."""
-    from infer.heads import MedusaHeads
+    from infer.draft.heads import MedusaHeads
 
     out = str(assets["root"] / "exported")
     run(
@@ -475,7 +475,7 @@ def test_a_full_disk_is_named_and_the_heads_are_rescued(assets, tmp_path, monkey
     from collections import namedtuple
 
     from infer.cli import CliError
-    from infer.heads import MedusaHeads
+    from infer.draft.heads import MedusaHeads
 
     real = MedusaHeads.save_pretrained
     calls = []
