@@ -24,12 +24,13 @@ demo: install
 test: install
 	# lint first (seconds), then the suite
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist worksteal tests
 
 test-fast:
-	# the fast lane (no install; ~2 min): lint, then every test not marked slow. `make test` runs them all.
+	# the fast lane (no install; ~1 min): lint, then every test not marked slow. `make test` runs them all.
+	# Both run on every core (pytest-xdist; one torch thread per worker: tests of tiny models run faster so).
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n auto --dist worksteal -m "not slow" tests
 
 lint:
 	ruff check . && ruff format --check .

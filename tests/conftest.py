@@ -19,4 +19,5 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# two pytest-xdist workers (make test: -n 2) share the 2 cores: one thread each, so they never oversubscribe
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
