@@ -49,6 +49,13 @@ from ..model.backbone import (
 )
 
 FIXED_SHAPES = ((2, 1), (4, 1))  # (rows, tokens a row) with steps of their own (README: why)
+KERNEL_SHAPES = ((8, 1),)  # more where the bf16 kernel runs them (infer/engine/kernels.py): 8 rows cost ~4's
+
+
+def default_shapes(single) -> tuple:
+    """The fixed shapes of ``single``'s batched steps here: :data:`FIXED_SHAPES`, and :data:`KERNEL_SHAPES` where
+    the model uses the bf16 kernel (without it one 8-row step is slower than two of 4)."""
+    return FIXED_SHAPES + (KERNEL_SHAPES if single.kernel else ())
 
 
 class EagerBatchEngine:
@@ -150,21 +157,22 @@ class EagerBatchEngine:
 class CompiledBatchEngine:
     """The compiled engine's steps for a batch: a preallocated cache with one row per sequence, no holes.
     ``single``: the one-row :class:`infer.engine.single.CompiledEngine` whose model, packages and folder it shares
-    (one row runs its packages); ``fixed_shapes``: (rows, tokens a row) with steps of their own (fixed shape,
+    (one row runs its packages); ``fixed_shapes``: (rows, tokens a row) with steps of their own (default: :func:`default_shapes`; fixed shape,
     matmuls autotuned for it; rows a power of two, a batch in between padded to it); any other shape runs the steps
     whose batch size is dynamic."""
 
     name = "compiled"
 
-    def __init__(self, single: CompiledEngine, steps: dict | None = None, fixed_shapes=FIXED_SHAPES):
+    def __init__(self, single: CompiledEngine, steps: dict | None = None, fixed_shapes=None):
         self.single = single
         for name in ("model", "decoder", "lm_head", "device", "dtype", "buckets", "backend", "autotune",
-                     "verbose", "folder", "module", "layers", "kv_heads", "head_dim", "bucket"):  # fmt: skip
+                     "verbose", "folder", "module", "layers", "kv_heads", "head_dim", "bucket", "kernel"):  # fmt: skip
             setattr(self, name, getattr(single, name))
-        self.fixed_shapes = tuple(sorted((int(r), int(t)) for r, t in fixed_shapes))
+        shapes = default_shapes(single) if fixed_shapes is None else fixed_shapes
+        self.fixed_shapes = tuple(sorted((int(r), int(t)) for r, t in shapes))
         if any(r < 2 or r & (r - 1) or t > self.buckets[-1] for r, t in self.fixed_shapes):
             raise EngineError(  # padding rows live in the power-of-two cache
-                f"fixed shapes need rows a power of two >= 2 and tokens <= {self.buckets[-1]}, got {fixed_shapes}"
+                f"fixed shapes need rows a power of two >= 2 and tokens <= {self.buckets[-1]}, got {shapes}"
             )
         self.steps = steps  # (rows: an int, or None for any, tokens) -> the compiled step
         if steps is None:
@@ -316,7 +324,10 @@ class CompiledBatchEngine:
 
 def batch_packages(single) -> list[str]:
     """The package files the batched steps of ``single``'s model load (see :func:`infer.engine.single.load_step`)."""
-    return [step_package(single.folder, r, b) for r, b in step_shapes(single.buckets, FIXED_SHAPES)]
+    return [
+        step_package(single.folder, r, b, single.kernel)
+        for r, b in step_shapes(single.buckets, default_shapes(single))
+    ]
 
 
 def step_shapes(buckets, fixed_shapes) -> list[tuple[int | None, int]]:

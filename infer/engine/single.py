@@ -33,6 +33,7 @@ from ..model.backbone import (
     tree_attention_mask,
     truncate_cache,
 )
+from . import kernels
 
 ENGINES = ("auto", "compiled", "eager")
 DEFAULT_BUCKETS = (1, 4)  # step shapes compiled: plain steps and trees of up to 3 nodes (README: why)
@@ -204,6 +205,8 @@ class CompiledEngine:
         if not self.buckets or self.buckets[0] != 1:
             raise EngineError(f"buckets must include 1 (plain steps), got {buckets}")
         self.autotune, self.backend, self.verbose = autotune, backend, verbose
+        # our bf16 linear kernel inside the packages where it applies (infer/engine/kernels.py)
+        self.kernel = kernels.wanted(model) if backend == "aoti" else None
         self.folder = folder or package_folder(model, autotune)
         self.layers, self.kv_heads, self.head_dim = cache_shape(model)
         self.kv: list[torch.Tensor] = []  # every layer's keys, then every layer's values [1, kv_heads, S, D]
@@ -300,9 +303,12 @@ def step_example(owner, B: int, Tb: int, S: int = 2 * CAPACITY_STEP):
     return (ids, pos, tree, torch.full((B,), 7, device=dev), *kv)
 
 
-def step_package(folder: str, rows: int | None, Tb: int) -> str:
-    """The package file of the step of ``rows`` (None: any from 2) x Tb tokens."""
+def step_package(folder: str, rows: int | None, Tb: int, kernel: str | None = None) -> str:
+    """The package file of the step of ``rows`` (None: any from 2) x Tb tokens (``kernel``: the kernel the model
+    would use here, :func:`infer.engine.kernels.wanted`; named in the file when this step uses it)."""
     name = {None: f"bstep-{Tb}", 1: f"step-{Tb}"}.get(rows, f"step-{rows}x{Tb}")
+    if kernels.used(kernel, rows, Tb):
+        name += f"-{kernel}"
     return os.path.join(folder, f"{name}.pt2")
 
 
@@ -323,15 +329,20 @@ def load_step(owner, Tb: int, rows: int | None):
                 return compiled(*args)
 
         return run
-    path = step_package(owner.folder, rows, Tb)
+    path = step_package(owner.folder, rows, Tb, owner.kernel)
+    use_kernel = kernels.used(owner.kernel, rows, Tb)
     if not os.path.exists(path):
         _set_step_attention(owner.model)  # exported with it; the model gets its own back after
+        linears = kernels.packed_linears(owner.model) if use_kernel else contextlib.nullcontext()
         try:
             example = step_example(owner, rows or 4, Tb)
-            _build_package(owner.module, example, path, owner.autotune and rows is not None, owner.verbose, Tb,
-                           rows)  # fmt: skip
+            with linears:
+                _build_package(owner.module, example, path, owner.autotune and rows is not None, owner.verbose,
+                               Tb, rows)  # fmt: skip
         finally:
             _restore_attention(owner.model)
+    if use_kernel:
+        kernels.load_bf16_linear()  # the package calls it
     from torch._inductor import aoti_load_package
 
     return aoti_load_package(path)
