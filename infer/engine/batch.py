@@ -13,8 +13,9 @@
 - :class:`CompiledBatchEngine`: the compiled engine's steps for many rows. Each row owns a row of a preallocated
   cache [rows, kv_heads, S, D] and fills it from slot 0 with no holes (an accepted path is moved in place), so its
   mask is just "my slots before my length, and my tree ancestors", built inside the compiled step. One row runs
-  the one-row packages; plain steps of 2 and 4 rows have fixed-shape packages (3 rows padded to 4, more rows run as
-  steps of 4); trees of several rows run a package whose batch size is dynamic. Prompts that arrive together are
+  the one-row packages; plain steps of 2 and 4 rows (and 8 where our bf16 kernel runs it, :mod:`infer.engine.kernels`)
+  have fixed-shape packages (a batch in between padded up, more rows run as steps of the largest); trees of several
+  rows run a package whose batch size is dynamic (with the kernel too: 8 or more matmul rows). Prompts that arrive together are
   prefilled in one right-padded forward. Rows leave by moving the later rows down; the cache grows by reallocation.
 
 Greedy rows equal their batch-1 output on either engine (fp32, tested).
@@ -240,8 +241,11 @@ class CompiledBatchEngine:
     ):
         """As :meth:`EagerBatchEngine.step`, padded to a compiled bucket (padding nodes: copies of the root that
         see only themselves). Plain steps of more rows than the largest fixed batch size run as steps of that size,
-        each on its slice of the cache rows: here 2 x 4 rows took 27 ms where 8 rows in one step took 34."""
+        each on its slice of the cache rows: here, without our bf16 kernel, 2 x 4 rows took 27 ms where 8 rows in one
+        step took 34 (with it, one 8-row step: 18 ms)."""
         B, T = ids.shape
+        if T == 1:  # a tree of roots only is a plain step
+            offsets = tree_mask = None
         Tb = self.bucket(T)
         self._ensure(B, max(self.lengths))
         chunk = self._chunk
@@ -331,8 +335,11 @@ def batch_packages(single) -> list[str]:
 
 
 def step_shapes(buckets, fixed_shapes) -> list[tuple[int | None, int]]:
-    """(rows, tokens) of every batched step: the dynamic-batch steps of every bucket, and the fixed shapes."""
-    return [(None, b) for b in buckets] + [(r, t) for r, t in fixed_shapes if t <= buckets[-1]]
+    """(rows, tokens) of every batched step: the fixed shapes, and the dynamic-batch steps of every bucket but the
+    1-token one when fixed 1-token shapes exist (plain steps of any batch then run as fixed steps of those sizes)."""
+    plain_fixed = any(t == 1 for _, t in fixed_shapes)
+    dynamic = [(None, b) for b in buckets if not (b == 1 and plain_fixed)]
+    return dynamic + [(r, t) for r, t in fixed_shapes if t <= buckets[-1]]
 
 
 @torch.no_grad()

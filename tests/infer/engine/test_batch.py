@@ -203,3 +203,14 @@ def test_prompts_prefilled_together_decode_like_batch_one(llama_oracle, monkeypa
             if b != 1:
                 stop = next((i + 1 for i, t in enumerate(ref.tolist()) if t == int(conts[1][0])), len(ref))
                 assert r.result.tokens == ref[:stop].tolist(), f"row {b} (budget {budget})"
+
+
+def test_no_dynamic_plain_step_when_fixed_shapes_serve_every_plain_batch():
+    from infer.engine.batch import step_shapes
+
+    assert step_shapes((1, 4), ((2, 1), (4, 1))) == [(None, 4), (2, 1), (4, 1)]
+    assert step_shapes((1, 4), ((2, 2),)) == [
+        (None, 1),
+        (None, 4),
+        (2, 2),
+    ]  # plain batches need the dynamic one
