@@ -24,7 +24,7 @@ import types
 import torch
 from torch import nn
 
-KERNEL_VERSION = 2  # bumped with bf16_linear.cpp: part of the kernel's name, so in the package file names
+KERNEL_VERSION = 3  # bumped with bf16_linear.cpp: part of the kernel's name, so in the package file names
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bf16_linear.cpp")
 
 
