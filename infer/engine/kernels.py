@@ -3,7 +3,7 @@
 ``medusa::bf16_linear`` (``bf16_linear.cpp``): the bf16 linear layers of a step on CPUs with AVX512-BF16. Inductor's
 C++ GEMM template computes bf16 matmuls with fp32 FMAs (it has a native bf16 micro-kernel only for AMX), which is
 memory-bound for one token row but compute-bound from ~8 rows on: an 8-row step (a batch of 8, or a tree of 8
-nodes) cost 2-3x a one-row step. This kernel streams each weight once for up to 8 rows with ``vdpbf16ps``, so 1 to 8
+nodes) cost 2-3x a one-row step. This kernel streams each weight once for several rows with ``vdpbf16ps``, so 1 to 8
 rows cost about the same (measured in the README); its sums run in one fixed order whatever the number of rows,
 so a row's output does not depend on its neighbours in the step.
 
