@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from ..decode.single import DecodeResult
+from .single import DecodeResult
 
 BASELINES = ("hf-generate", "hf-prompt-lookup")
 PROMPT_LOOKUP_TOKENS = 10  # transformers' documented example value

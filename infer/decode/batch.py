@@ -23,7 +23,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..decode.single import (
+from ..draft.context import observe_tree
+from ..draft.drafters import Drafter, RowState
+from ..engine.batch import EagerBatchEngine
+from ..model.backbone import check_window, stop_ids
+from .single import (
     DecodeConfig,
     DecodeResult,
     Sampling,
@@ -37,10 +41,6 @@ from ..decode.single import (
     now,
     pick_token,
 )
-from ..draft.context import observe_tree
-from ..draft.drafters import Drafter, RowState
-from ..engine.batch import EagerBatchEngine
-from ..model.backbone import check_window, stop_ids
 
 PREFILL_TOKENS = 2048  # prompts prefilled together: at most this many padded tokens in one forward
 

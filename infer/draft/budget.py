@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..cache import cache_root
-from ..draft.tree import dynamic_tree, tree_buffers
 from ..model.backbone import forward_hidden, project, tree_attention_mask
+from .tree import dynamic_tree, tree_buffers
 
 DEFAULT_SIZES = list(range(1, 17)) + list(range(20, 65, 4))  # tree sizes T (root included) measured
 MONOTONE_TOL = 0.3  # a bigger tree may be at most 30 % faster than a smaller one (timer noise, kernel choice)

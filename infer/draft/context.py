@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from ..draft.tree import Tree
+from .tree import Tree
 
 MAX_NGRAM = 3  # the longest suffix matched (then shorter ones)
 MAX_TOKENS = 10  # the longest chain proposed (an engine's largest step cuts it further)

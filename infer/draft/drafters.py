@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..draft.context import MAX_TOKENS, ContextStats, union_tree
-from ..draft.tree import Tree, TreeBuffers, static_tree, top_nodes, tree_buffers, tree_tokens
+from .context import MAX_TOKENS, ContextStats, union_tree
+from .tree import Tree, TreeBuffers, static_tree, top_nodes, tree_buffers, tree_tokens
 
 
 @dataclass

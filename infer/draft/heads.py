@@ -234,7 +234,7 @@ class MedusaHeads(nn.Module):
             raise HeadsError(f"{cfg_path}: not a JSON heads config ({e})") from None
         if not isinstance(raw, dict):
             raise HeadsError(f"{cfg_path}: expected a JSON object, got {type(raw).__name__}")
-        from ..draft.heads_formats import MEDUSA1_FILES, VLLM_MODEL_TYPE, load_medusa1, load_vllm_medusa
+        from .heads_formats import MEDUSA1_FILES, VLLM_MODEL_TYPE, load_medusa1, load_vllm_medusa
 
         has_medusa1_file = any(os.path.exists(os.path.join(folder, n)) for n in MEDUSA1_FILES)
         if raw.get("model_type") == VLLM_MODEL_TYPE and not has_medusa1_file:

@@ -17,7 +17,7 @@ import re
 import torch
 from safetensors.torch import load_file
 
-from ..draft.heads import CONFIG_NAME, WEIGHTS_NAME, HeadsError, MedusaConfig, MedusaHeads
+from .heads import CONFIG_NAME, WEIGHTS_NAME, HeadsError, MedusaConfig, MedusaHeads
 
 MEDUSA_PT = "medusa_lm_head.pt"
 MEDUSA_ST = "medusa_lm_head.safetensors"

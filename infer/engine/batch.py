@@ -13,10 +13,10 @@
 - :class:`CompiledBatchEngine`: the compiled engine's steps for many rows. Each row owns a row of a preallocated
   cache [rows, kv_heads, S, D] and fills it from slot 0 with no holes (an accepted path is moved in place), so its
   mask is just "my slots before my length, and my tree ancestors", built inside the compiled step. One row runs
-  the one-row packages; plain steps of 2 and 4 rows (and 8 where our bf16 kernel runs it, :mod:`infer.engine.kernels`)
-  have fixed-shape packages (a batch in between padded up, more rows run as steps of the largest); trees of several
-  rows run a package whose batch size is dynamic (with the kernel too: 8 or more matmul rows). Prompts that arrive together are
-  prefilled in one right-padded forward. Rows leave by moving the later rows down; the cache grows by reallocation.
+  the one-row packages; plain steps of 2 and 4 rows (and 8 where our bf16 kernel runs it,
+  :mod:`infer.engine.kernels`) have fixed-shape packages (a batch in between padded up, more rows run as steps of
+  the largest); trees of several rows run a package whose batch size is dynamic (with the kernel too: 8 or more
+  matmul rows). Prompts that arrive together are prefilled in one right-padded forward. Rows leave by moving the later rows down; the cache grows by reallocation.
 
 Greedy rows equal their batch-1 output on either engine (fp32, tested).
 """
@@ -28,16 +28,6 @@ import os
 import torch
 import torch.nn.functional as F
 
-from ..engine.single import (
-    CAPACITY_STEP,
-    CompiledEngine,
-    EngineError,
-    _restore_attention,
-    failure_line,
-    load_step,
-    prefill_into,
-    step_package,
-)
 from ..model.backbone import (
     additive_mask,
     compact_rows,
@@ -47,6 +37,16 @@ from ..model.backbone import (
     pack_rows,
     project,
     select_rows,
+)
+from .single import (
+    CAPACITY_STEP,
+    CompiledEngine,
+    EngineError,
+    _restore_attention,
+    failure_line,
+    load_step,
+    prefill_into,
+    step_package,
 )
 
 FIXED_SHAPES = ((2, 1), (4, 1))  # (rows, tokens a row) with steps of their own (README: why)

@@ -66,7 +66,7 @@ class CompiledHeads:
 
     def __init__(self, heads, model, backend: str = "aoti", autotune: bool = True, folder: str | None = None,
                  build: bool = True, verbose: bool = False):  # fmt: skip
-        from ..engine.single import BACKENDS, EngineError
+        from .single import BACKENDS, EngineError
 
         if backend not in BACKENDS:
             raise EngineError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -136,7 +136,7 @@ class CompiledHeads:
 
 def heads_folder(model, heads, autotune: bool) -> str:
     """Where these heads' compiled calls live: keyed by the base model's engine key and both sets of weights."""
-    from ..engine.single import _digest, package_folder, weights_fingerprint
+    from .single import _digest, package_folder, weights_fingerprint
 
     base = os.path.basename(package_folder(model, autotune))
     key = {
@@ -178,7 +178,7 @@ def compile_heads(heads, model, engine, build: bool, verbose: bool = False, **op
     try:
         wrapped = CompiledHeads(heads, model, build=build, verbose=verbose, **options)
     except Exception as e:  # noqa: BLE001 - any compiler failure means eager heads, said once
-        from ..engine.single import failure_line
+        from .single import failure_line
 
         return heads, f"heads eager: compiling failed ({failure_line(e)})"
     if not wrapped.compiled:

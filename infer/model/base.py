@@ -136,7 +136,7 @@ def load_base_model(
     model.to(device).eval()
     model.requires_grad_(False)
     if auto:
-        from ..model.hardware import choose_dtype
+        from .hardware import choose_dtype
 
         chosen, reason = choose_dtype(model, device, verbose=verbose, purpose=purpose)
         if verbose:
