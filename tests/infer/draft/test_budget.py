@@ -262,3 +262,18 @@ def test_recheck_interval_doubles_while_plain_keeps_winning_and_resets_when_tree
     )  # trees cost nothing
     cheap.skipping, cheap.recheck = True, budget.RECHECK_MAX  # ... after a long run of plain steps
     assert cheap.best_budget(sure) > 0 and cheap.recheck == budget.RECHECK and not cheap.skipping
+
+
+def test_a_batched_profile_is_keyed_by_the_engine_kernel(tmp_path, monkeypatch):
+    """A new version of our kernel (or none) changes the steps' costs: the profile is measured again."""
+    from types import SimpleNamespace
+
+    calls = []
+    monkeypatch.setattr(budget, "measure_latency", _fake_measure(calls))
+    model, heads = tiny_model("llama"), _heads()
+    for kernel in ("bf16_linear-v1", "bf16_linear-v1", "bf16_linear-v2", None):
+        engine = SimpleNamespace(name="compiled", buckets=(1, 4), fixed_shapes=((2, 1),), kernel=kernel)
+        load_or_measure(
+            model, heads, sizes=SIZES, cache_dir=str(tmp_path), verbose=False, batch=2, engine=engine
+        )
+    assert len(calls) == 3 and len(list(tmp_path.iterdir())) == 3
