@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    if not torch.cpu._is_avx512_bf16_supported():
+    if not kernels.cpu_has_avx512_bf16():
         fail("this CPU has no AVX512-BF16: the kernel does not run here")
     torch.set_num_threads(args.threads)
     model, _ = load_base_model(None, "bfloat16", None, False, "cpu", verbose=False)

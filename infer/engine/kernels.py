@@ -34,7 +34,7 @@ def wanted(model) -> str | None:
     if os.environ.get("MEDUSA_KERNELS", "1") == "0":
         return None
     p = next(model.parameters())
-    if p.device.type != "cpu" or p.dtype != torch.bfloat16 or not torch.cpu._is_avx512_bf16_supported():
+    if p.device.type != "cpu" or p.dtype != torch.bfloat16 or not cpu_has_avx512_bf16():
         return None
     return f"bf16_linear-v{KERNEL_VERSION}" if eligible_linears(model) else None
 
@@ -49,6 +49,11 @@ def used(kernel: str | None, rows: int | None, tokens: int) -> bool:
     :data:`MIN_ROWS` matmul rows on. For fewer, inductor's GEMV template is as fast or faster (measured here: a
     one-row step 10.9-11.2 ms with it, 11.4-12.1 ms with the kernel; 4 tokens 11.8-11.9 vs 12.8-14.4 ms)."""
     return kernel is not None and (rows or 2) * tokens >= MIN_ROWS
+
+
+def cpu_has_avx512_bf16() -> bool:
+    """Whether this CPU runs AVX512-BF16 instructions (torch's own check; False where torch has none)."""
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
 def eligible_linears(model) -> list[nn.Linear]:

@@ -11,7 +11,7 @@ from infer.engine import kernels
 from tests.tiny import tiny_model
 
 needs_bf16 = pytest.mark.skipif(
-    not torch.cpu._is_avx512_bf16_supported(), reason="the kernel needs a CPU with AVX512-BF16"
+    not kernels.cpu_has_avx512_bf16(), reason="the kernel needs a CPU with AVX512-BF16"
 )
 
 
