@@ -5,9 +5,9 @@ and new rows join it at step boundaries (the server's continuous batching).
 The batch's engine (:mod:`infer.engine.batch`: eager, or compiled fixed-shape steps) owns the KV cache. A new row
 is prefilled (prompts that arrive together: in one padded forward, on the compiled engine) and joins as the last
 row. Each step every row verifies its tree in one forward of [B, T] tokens (T = the biggest tree, smaller trees
-padded with nodes that see only themselves), each row at its own position ids, and keeps its accepted path. Drafting and acceptance are batch-1's
-own functions (:mod:`infer.decode.single`, :mod:`infer.draft.drafters`), so greedy output of every row equals its batch-1 output
-(fp32).
+padded with nodes that see only themselves), each row at its own position ids, and keeps its accepted path.
+Drafting and acceptance are batch-1's own functions (:mod:`infer.decode.single`, :mod:`infer.draft.drafters`), so
+greedy output of every row equals its batch-1 output (fp32).
 
     decoder = BatchDecoder(model, heads, cfg, eos)
     rows = decoder.add_many(prompts)               # ids [1, L_b] each (or decoder.add(ids) one by one)

@@ -16,7 +16,8 @@
   the one-row packages; plain steps of 2 and 4 rows (and 8 where our bf16 kernel runs it,
   :mod:`infer.engine.kernels`) have fixed-shape packages (a batch in between padded up, more rows run as steps of
   the largest); trees of several rows run a package whose batch size is dynamic (with the kernel too: 8 or more
-  matmul rows). Prompts that arrive together are prefilled in one right-padded forward. Rows leave by moving the later rows down; the cache grows by reallocation.
+  matmul rows). Prompts that arrive together are prefilled in one right-padded forward. Rows leave by moving the
+  later rows down; the cache grows by reallocation.
 
 Greedy rows equal their batch-1 output on either engine (fp32, tested).
 """
@@ -158,9 +159,9 @@ class EagerBatchEngine:
 class CompiledBatchEngine:
     """The compiled engine's steps for a batch: a preallocated cache with one row per sequence, no holes.
     ``single``: the one-row :class:`infer.engine.single.CompiledEngine` whose model, packages and folder it shares
-    (one row runs its packages); ``fixed_shapes``: (rows, tokens a row) with steps of their own (default: :func:`default_shapes`; fixed shape,
-    matmuls autotuned for it; rows a power of two, a batch in between padded to it); any other shape runs the steps
-    whose batch size is dynamic."""
+    (one row runs its packages); ``fixed_shapes``: (rows, tokens a row) with steps of their own (default:
+    :func:`default_shapes`; fixed shape, matmuls autotuned for it; rows a power of two, a batch in between padded to
+    it); any other shape runs the steps whose batch size is dynamic."""
 
     name = "compiled"
 

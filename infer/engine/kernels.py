@@ -29,7 +29,7 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bf16_linear.c
 
 
 def wanted(model) -> str | None:
-    """The kernel a compiled engine of ``model`` uses here ("bf16_linear-v1"), or None: bf16 weights on a CPU
+    """The kernel a compiled engine of ``model`` uses here (f"bf16_linear-v{KERNEL_VERSION}"), or None: bf16 weights on a CPU
     with AVX512-BF16, linear layers it can take, and not turned off by ``MEDUSA_KERNELS=0``."""
     if os.environ.get("MEDUSA_KERNELS", "1") == "0":
         return None
@@ -39,9 +39,8 @@ def wanted(model) -> str | None:
     return f"bf16_linear-v{KERNEL_VERSION}" if eligible_linears(model) else None
 
 
-MIN_ROWS = (
-    8  # matmul rows (rows x tokens) from which a step uses the kernel: below it the compiler's is faster
-)
+# matmul rows (rows x tokens) from which a step uses the kernel: below it the compiler's is as fast or faster
+MIN_ROWS = 8
 
 
 def used(kernel: str | None, rows: int | None, tokens: int) -> bool:

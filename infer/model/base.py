@@ -116,8 +116,8 @@ def load_base_model(
     purpose: str = "decode",
 ):
     """-> (model, tokenizer). ``name_or_path=None`` means the embedded default. ``dtype="auto"``: the faster dtype
-    on this machine for ``purpose`` ("decode" or "train"), by measurement (:mod:`infer.model.hardware`); the choice and its
-    reason are printed."""
+    on this machine for ``purpose`` ("decode" or "train"), by measurement (:mod:`infer.model.hardware`); the choice
+    and its reason are printed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     auto = dtype == "auto"
