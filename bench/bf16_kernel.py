@@ -30,7 +30,7 @@ def main() -> None:
         fail("this CPU has no AVX512-BF16: the kernel does not run here")
     torch.set_num_threads(args.threads)
     model, _ = load_base_model(None, "bfloat16", None, False, "cpu", verbose=False)
-    kernels.load_bf16_linear()
+    kernels.load_library()
     layers = kernels.eligible_linears(model)
     packed = [kernels.pack(layer.weight) for layer in layers]
     print(f"# {len(layers)} linear layers, {sum(p.numel() for p in packed) * 2 / 1e6:.0f} MB of bf16 weights, "

@@ -3,7 +3,7 @@ static), its own accepted length per step, its own position ids and its own stop
 and new rows join it at step boundaries (the server's continuous batching).
 
 The batch's engine (:mod:`infer.engine.batch`: eager, or compiled fixed-shape steps) owns the KV cache. A new row
-is prefilled (prompts that arrive together: in one padded forward, on the compiled engine) and joins as the last
+is prefilled (prompts that arrive together: in one packed forward, on the compiled engine) and joins as the last
 row. Each step every row verifies its tree in one forward of [B, T] tokens (T = the biggest tree, smaller trees
 padded with nodes that see only themselves), each row at its own position ids, and keeps its accepted path.
 Drafting and acceptance are batch-1's own functions (:mod:`infer.decode.single`, :mod:`infer.draft.drafters`), so
@@ -42,7 +42,7 @@ from .single import (
     pick_token,
 )
 
-PREFILL_TOKENS = 2048  # prompts prefilled together: at most this many padded tokens in one forward
+PREFILL_TOKENS = 2048  # prompts prefilled together: at most this many tokens in one forward
 
 
 @dataclass
@@ -115,7 +115,7 @@ class BatchDecoder:
     def add_many(
         self, prompts: list[torch.Tensor], samplings=None, on_tokens=None, generators=None, tags=None
     ):
-        """:meth:`add` for several prompts, prefilled together in groups of at most PREFILL_TOKENS padded tokens
+        """:meth:`add` for several prompts, prefilled together in groups of at most PREFILL_TOKENS tokens
         (one forward reads each weight once for the group) -> their Rows. Per-prompt lists (None: defaults for all);
         every prompt is checked before any is prefilled."""
         n = len(prompts)
@@ -132,9 +132,9 @@ class BatchDecoder:
             capacities.append(input_ids.shape[1] + samplings[i].max_new_tokens + self.drafter.room)
             check_window(self.model, capacities[-1])
         rows, group = self.added, []
-        for i in range(n + 1):  # groups of consecutive prompts whose padded size fits PREFILL_TOKENS
-            padded = (len(group) + 1) * max(prompts[j].shape[1] for j in group + [min(i, n - 1)])
-            if group and (i == n or padded > PREFILL_TOKENS):
+        for i in range(n + 1):  # groups of consecutive prompts of at most PREFILL_TOKENS tokens in all
+            size = sum(prompts[j].shape[1] for j in group + [min(i, n - 1)])
+            if group and (i == n or size > PREFILL_TOKENS):
                 rows.extend(self._prefill_group(
                     [prompts[j] for j in group], [capacities[j] for j in group],
                     *([x[j] for j in group] for x in (samplings, on_tokens, generators, tags)),

@@ -16,7 +16,7 @@
   the one-row packages; plain steps of 2 and 4 rows (and 8 where our bf16 kernel runs it,
   :mod:`infer.engine.kernels`) have fixed-shape packages (a batch in between padded up, more rows run as steps of
   the largest); trees of several rows run a package whose batch size is dynamic (with the kernel too: 8 or more
-  matmul rows). Prompts that arrive together are prefilled in one right-padded forward. Rows leave by moving the
+  matmul rows). Prompts that arrive together are prefilled in one packed forward. Rows leave by moving the
   later rows down; the cache grows by reallocation.
 
 Greedy rows equal their batch-1 output on either engine (fp32, tested).
@@ -212,17 +212,14 @@ class CompiledBatchEngine:
 
     @torch.no_grad()
     def prefill(self, prompts: list[torch.Tensor], capacities: list[int] | None = None):
-        """As :meth:`EagerBatchEngine.prefill`, but the prompts run together (right-padded to the longest: one
-        eager forward, each weight read once) into the next free cache rows; ``capacities``: the tokens each row may
+        """As :meth:`EagerBatchEngine.prefill`, but the prompts run together (packed into one eager forward,
+        each weight read once: :func:`infer.engine.single.prefill_into`) into the next free cache rows; ``capacities``: the tokens each row may
         hold (prompt + new tokens + tree room)."""
         lengths = [p.shape[1] for p in prompts]
         capacities = [max(c, n) for c, n in zip(capacities or lengths, lengths)]
         row, n = len(self.lengths), len(prompts)
         self._ensure(row + n, max(capacities))
-        ids = torch.zeros(n, max(lengths), dtype=torch.long, device=self.device)
-        for i, p in enumerate(prompts):
-            ids[i, : lengths[i]] = p[0]
-        hidden = prefill_into(self, ids, [t[row : row + n] for t in self.kv], lengths)  # [n, H]
+        hidden = prefill_into(self, prompts, [t[row : row + n] for t in self.kv])  # [n, H]
         self._pending = list(zip(lengths, capacities))
         return hidden, project(self.model, self.lm_head, hidden)
 

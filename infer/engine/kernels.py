@@ -1,17 +1,22 @@
-"""Kernels of our own inside the compiled steps, where the compiler's are measured slower.
+"""Kernels of our own inside the compiled steps, where the compiler's are measured slower (bf16 models on CPUs with
+AVX512-BF16; one library, built once).
 
-``medusa::bf16_linear`` (``bf16_linear.cpp``): the bf16 linear layers of a step on CPUs with AVX512-BF16. Inductor's
-C++ GEMM template computes bf16 matmuls with fp32 FMAs (it has a native bf16 micro-kernel only for AMX), which is
-memory-bound for one token row but compute-bound from ~8 rows on: an 8-row step (a batch of 8, or a tree of 8
-nodes) cost 2-3x a one-row step. This kernel streams each weight once for several rows with ``vdpbf16ps``, so 1 to 8
-rows cost about the same (measured in the README); its sums run in one fixed order whatever the number of rows,
-so a row's output does not depend on its neighbours in the step.
+- ``medusa::bf16_linear`` (``bf16_linear.cpp``): the bf16 linear layers of a step. Inductor's C++ GEMM template
+  computes bf16 matmuls with fp32 FMAs (it has a native bf16 micro-kernel only for AMX), which is memory-bound for
+  one token row but compute-bound from ~8 rows on: an 8-row step (a batch of 8, or a tree of 8 nodes) cost 2-3x a
+  one-row step. This kernel streams each weight once for several rows with ``vdpbf16ps``, so 1 to 8 rows cost
+  about the same (measured in the README). Used from :data:`MIN_ROWS` matmul rows on.
+- ``medusa::attention`` (``attention.cpp``): the attention of every step over the preallocated cache. The compiled
+  matmuls computed every slot of every row, used or not (~4 ms of a 17 ms step at 8 rows); this one reads the
+  slots each query sees and nothing else.
 
-The kernel is built once with the C++ compiler the compiled engine already needs (into ``$TORCH_EXTENSIONS_DIR``
-or the toolkit's cache) and used by the AOTInductor packages through the op registry: while a step is exported,
-every eligible ``nn.Linear`` of the model calls the op on a packed copy of its weight (:func:`packed_linears`; the
-model is not modified), and a package built that way loads the library before it runs. ``MEDUSA_KERNELS=0`` turns
-it off. The steps that use it carry its name in their package's file name.
+Both compute each output in one fixed order whatever the other rows of the step are, so a row's output does not
+depend on its neighbours (batch invariance). The library is built with the C++ compiler the compiled engine already
+needs (into ``$TORCH_EXTENSIONS_DIR`` or the toolkit's cache) and used by the AOTInductor packages through the op
+registry: while a step is exported, every eligible ``nn.Linear`` of the model calls the linear op on a packed copy
+of its weight (:func:`packed_linears`; the model is not modified) and the step's attention calls the attention op
+(:func:`attention_op`); a package built that way loads the library before it runs. ``MEDUSA_KERNELS=0`` turns them
+off. The steps built with them carry the library's name in their package's file name.
 """
 
 from __future__ import annotations
@@ -24,19 +29,22 @@ import types
 import torch
 from torch import nn
 
-KERNEL_VERSION = 3  # bumped with bf16_linear.cpp: part of the kernel's name, so in the package file names
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bf16_linear.cpp")
+KERNEL_VERSION = 4  # bumped with the sources: part of the library's name, so in the package file names
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = [os.path.join(HERE, "bf16_linear.cpp"), os.path.join(HERE, "attention.cpp")]
 
 
 def wanted(model) -> str | None:
-    """The kernel a compiled engine of ``model`` uses here (f"bf16_linear-v{KERNEL_VERSION}"), or None: bf16 weights on a CPU
-    with AVX512-BF16, linear layers it can take, and not turned off by ``MEDUSA_KERNELS=0``."""
+    """The kernels a compiled engine of ``model`` uses here (f"bf16-v{KERNEL_VERSION}": the library's name), or None:
+    bf16 weights on a CPU with AVX512-BF16, linear layers the linear kernel can take, and not turned off by
+    ``MEDUSA_KERNELS=0`` (the attention op serves the models whose attention it can compute:
+    :func:`attention_fits`)."""
     if os.environ.get("MEDUSA_KERNELS", "1") == "0":
         return None
     p = next(model.parameters())
     if p.device.type != "cpu" or p.dtype != torch.bfloat16 or not cpu_has_avx512_bf16():
         return None
-    return f"bf16_linear-v{KERNEL_VERSION}" if eligible_linears(model) else None
+    return f"bf16-v{KERNEL_VERSION}" if eligible_linears(model) else None
 
 
 # matmul rows (rows x tokens) from which a step uses the kernel: below it the compiler's is as fast or faster
@@ -44,7 +52,8 @@ MIN_ROWS = 8
 
 
 def used(kernel: str | None, rows: int | None, tokens: int) -> bool:
-    """Whether the step of ``rows`` (None: any from 2) x ``tokens`` uses ``kernel`` (None: none wanted here): from
+    """Whether the step of ``rows`` (None: any from 2) x ``tokens`` uses the linear kernel (``kernel``: the library
+    :func:`wanted` here, None: none): from
     :data:`MIN_ROWS` matmul rows on. For fewer, inductor's GEMV template is as fast or faster (measured here: a
     one-row step 10.9-11.2 ms with it, 11.4-12.1 ms with the kernel; 4 tokens 11.8-11.9 vs 12.8-14.4 ms)."""
     return kernel is not None and (rows or 2) * tokens >= MIN_ROWS
@@ -70,28 +79,32 @@ def eligible_linears(model) -> list[nn.Linear]:
 
 
 @functools.cache
-def load_bf16_linear() -> None:
-    """Build (the first time, ~30 s) and load the op library into this process; raises RuntimeError with the
+def load_library() -> None:
+    """Build (the first time, ~30-40 s) and load the ops' library into this process; raises RuntimeError with the
     compiler's first line when it cannot be built."""
     from torch.utils.cpp_extension import load
 
     from ..cache import cache_root
 
-    name = f"medusa_bf16_linear_v{KERNEL_VERSION}"
+    name = f"medusa_kernels_v{KERNEL_VERSION}"
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(cache_root(), "kernels")
     folder = os.path.join(root, f"{name}-torch{torch.__version__.replace('+', '_')}")
     os.makedirs(folder, exist_ok=True)
     # -fopenmp: at::parallel_for is inlined here and splits the work with OpenMP only when the unit has it
     flags = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"]
     try:
-        load(name=name, sources=[SOURCE], build_directory=folder, extra_cflags=flags, is_python_module=False)
+        load(name=name, sources=SOURCES, build_directory=folder, extra_cflags=flags, is_python_module=False)
     except Exception as e:  # noqa: BLE001 - any build failure: one line, the caller says what it does instead
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeError(f"building the bf16 kernel failed: {first[:200]}") from e
+        raise RuntimeError(f"building our kernels failed: {first[:200]}") from e
 
     @torch.library.register_fake("medusa::bf16_linear")
     def _(x, wp):  # [..., K], [N / 32, K / 2, 32, 2] -> [..., N]
         return x.new_empty((*x.shape[:-1], wp.shape[0] * 32))
+
+    @torch.library.register_fake("medusa::attention")
+    def _(q, k, v, mask, scaling):  # [B, H, T, D], [B, KV, S, D] x 2, [B, 1, T, >= S] -> [B, T, H, D]
+        return q.new_empty((q.shape[0], q.shape[2], q.shape[1], q.shape[3]))
 
 
 def bf16_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -113,7 +126,7 @@ def _packed_forward(self, x):
 def packed_linears(model):
     """While a step is traced: each eligible ``nn.Linear`` of ``model`` calls the kernel on a packed copy of its
     weight (a buffer, frozen into the package like the weights); the layers get their own forward back after."""
-    load_bf16_linear()
+    load_library()
     layers = eligible_linears(model)
     for layer in layers:
         layer.register_buffer("_medusa_packed", pack(layer.weight), persistent=False)
@@ -124,3 +137,41 @@ def packed_linears(model):
         for layer in layers:
             del layer.forward
             del layer._medusa_packed
+
+
+# ------------------------------------------------------------------------------------------------ attention
+_attention_on = [
+    False
+]  # inside attention_op (a plain global: torch.compile's tracer reads it, not a ContextVar)
+
+
+@contextlib.contextmanager
+def attention_op(on: bool = True):
+    """While a step is traced: its attention (:func:`infer.engine.single.grouped_attention`) calls
+    ``medusa::attention`` wherever :func:`attention_fits` (``on=False``: a no-op)."""
+    if on:
+        load_library()
+    before, _attention_on[0] = _attention_on[0], on
+    try:
+        yield
+    finally:
+        _attention_on[0] = before
+
+
+def attention_fits(query, key, softcap=None, **kwargs) -> bool:
+    """Whether the op computes this attention call: inside :func:`attention_op`, bf16 CPU tensors, head_dim 64, 128
+    or 256, no logit soft-capping or attention sinks."""
+    return (
+        _attention_on[0]
+        and query.dtype == key.dtype == torch.bfloat16
+        and query.device.type == "cpu"
+        and query.shape[-1] in (64, 128, 256)
+        and softcap is None
+        and kwargs.get("s_aux") is None
+        and kwargs.get("sinks") is None
+    )
+
+
+def attention(query, key, value, mask, scaling: float) -> torch.Tensor:
+    """query [B, H, T, D], key / value [B, KV, S, D], additive mask [B, 1, T, >= S] -> [B, T, H, D] bf16."""
+    return torch.ops.medusa.attention(query, key, value, mask, scaling)

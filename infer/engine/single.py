@@ -19,6 +19,7 @@ faster (:func:`build_compiled`), else eager, and says why.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 
@@ -153,25 +154,85 @@ class StepModule(nn.Module):
         return hidden, project(self.model, lm_head, hidden)
 
 
-def prefill_into(owner, input_ids: torch.Tensor, kv: list[torch.Tensor], lengths: list[int] | None = None):
-    """Run prompts input_ids [n, L] eagerly into n preallocated cache rows (``kv``: every layer's keys then
-    values, [n, kv_heads, S, D] views), each from slot 0 -> each row's last hidden state [n, H]. ``lengths``: each
-    row's real tokens (right padding after them: written to slots past the row's length, which every step masks
-    and overwrites; default: all L)."""
-    n, L = input_ids.shape
-    dev = input_ids.device
-    lengths = torch.tensor(lengths or [L] * n, device=dev)  # [n]
-    slots = torch.arange(L, device=dev)
-    cache = _CacheWriter(kv[: owner.layers], kv[owner.layers :], slots.expand(n, L), L)
-    visible = torch.ones(L, L, dtype=torch.bool, device=dev).tril() & (
-        slots[None, :] < lengths[:, None, None]
-    )
-    mask = torch.zeros(n, 1, L, L, dtype=owner.dtype, device=dev)
-    mask.masked_fill_(~visible[:, None], torch.finfo(owner.dtype).min)  # [n, 1, L, L]
-    out = owner.decoder(
-        input_ids=input_ids, cache=cache, position_ids=slots.expand(n, L), attention_mask=mask
-    )
-    return out.last_hidden_state[torch.arange(n, device=dev), lengths - 1]
+def prefill_into(owner, prompts: list[torch.Tensor], kv: list[torch.Tensor]) -> torch.Tensor:
+    """Run prompts (each [1, L_i]) eagerly into len(prompts) preallocated cache rows (``kv``: every layer's keys
+    then values, [n, kv_heads, S, D] views), each from slot 0 -> each row's last hidden state [n, H]. The prompts
+    run packed, one after the other in a single row of sum(L_i) tokens (each weight read once for all of them, no
+    padding), each seeing only itself (a block-diagonal causal mask) at its own positions 0..L_i - 1."""
+    dev = prompts[0].device
+    lengths = [p.shape[1] for p in prompts]
+    ids = torch.cat([p.reshape(1, -1) for p in prompts], dim=1)  # [1, N]
+    rows = torch.cat([torch.full((n,), i, device=dev) for i, n in enumerate(lengths)])  # [N]
+    pos = torch.cat([torch.arange(n, device=dev) for n in lengths])  # [N]
+    cache = _PackedWriter(kv[: owner.layers], kv[owner.layers :], rows, pos)
+    visible = (rows[:, None] == rows[None, :]) & (pos[:, None] >= pos[None, :])  # [N, N]
+    mask = torch.zeros(visible.shape, dtype=owner.dtype, device=dev)
+    mask.masked_fill_(~visible, torch.finfo(owner.dtype).min)
+    with _packed_attention(owner.decoder, lengths):
+        out = owner.decoder(
+            input_ids=ids, cache=cache, position_ids=pos[None], attention_mask=mask[None, None]
+        )
+    ends = torch.tensor(lengths, device=dev).cumsum(0) - 1
+    return out.last_hidden_state[0, ends]
+
+
+PACKED_ATTENTION = "medusa_packed"  # a packed prefill's attention: each prompt's block on its own (below)
+_segments: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("medusa_packed", default=None)
+
+
+def packed_attention(module, query, key, value, attention_mask, **kwargs):
+    """:func:`grouped_attention` prompt by prompt over a packed prefill (query [1, H, N, D], key / value
+    [1, kv_heads, N, D], mask [1, 1, N, N]; the prompts' lengths from :func:`_packed_attention`) -> [1, N, H, D]:
+    attention over the whole row would compute every prompt against every other only to mask it out (5x the
+    work for 8 prompts of ~70 tokens, which cost more than the padding it saves)."""
+    out, a = [], 0
+    for n in _segments.get() or [query.shape[2]]:
+        b = a + n
+        mask = None if attention_mask is None else attention_mask[:, :, a:b, a:b]
+        out.append(
+            grouped_attention(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], mask, **kwargs)[0]
+        )
+        a = b
+    return torch.cat(out, dim=1), None
+
+
+@contextlib.contextmanager
+def _packed_attention(decoder, lengths: list[int]):
+    """While a packed prefill of prompts of ``lengths`` runs: the model attends prompt by prompt
+    (:func:`packed_attention`; one prompt: the model's own attention, untouched)."""
+    if len(lengths) == 1:
+        yield
+        return
+    from transformers import AttentionInterface
+
+    if PACKED_ATTENTION not in AttentionInterface._global_mapping:
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+        AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_ATTENTION, eager_mask)
+    current = decoder.config._attn_implementation
+    token = _segments.set(lengths)
+    decoder.set_attn_implementation(PACKED_ATTENTION)
+    try:
+        yield
+    finally:
+        decoder.set_attn_implementation(current)
+        _segments.reset(token)
+
+
+class _PackedWriter(_CacheWriter):
+    """The cache a packed prefill's attention sees: token j's keys / values go to cache row ``rows[j]``, slot
+    ``slots[j]``; attention reads the packed step's own entries (the mask keeps each prompt to itself)."""
+
+    def __init__(self, keys, values, rows, slots):
+        self.keys, self.values, self.rows, self.slots = keys, values, rows, slots
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):  # [1, h, N, D] each
+        h = key_states.shape[1]
+        at = (self.rows[None, :], torch.arange(h, device=key_states.device)[:, None], self.slots[None, :])
+        self.keys[layer_idx].index_put_(at, key_states[0])  # -> [h, N, D]
+        self.values[layer_idx].index_put_(at, value_states[0])
+        return key_states, value_states
 
 
 def cache_shape(model) -> tuple[int, int, int]:
@@ -246,7 +307,7 @@ class CompiledEngine:
         ``capacity``: the tokens this generation may hold (prompt + new tokens + tree room)."""
         L = input_ids.shape[1]
         self._ensure(max(capacity, L))
-        hidden = prefill_into(self, input_ids, [t[:1] for t in self.kv])[0]
+        hidden = prefill_into(self, [input_ids], [t[:1] for t in self.kv])[0]
         self.length = L
         return hidden, project(self.model, self.lm_head, hidden)
 
@@ -304,10 +365,10 @@ def step_example(owner, B: int, Tb: int, S: int = 2 * CAPACITY_STEP):
 
 
 def step_package(folder: str, rows: int | None, Tb: int, kernel: str | None = None) -> str:
-    """The package file of the step of ``rows`` (None: any from 2) x Tb tokens (``kernel``: the kernel the model
-    would use here, :func:`infer.engine.kernels.wanted`; named in the file when this step uses it)."""
+    """The package file of the step of ``rows`` (None: any from 2) x Tb tokens (``kernel``: the library of our
+    kernels the model uses here, :func:`infer.engine.kernels.wanted`, named in the file)."""
     name = {None: f"bstep-{Tb}", 1: f"step-{Tb}"}.get(rows, f"step-{rows}x{Tb}")
-    if kernels.used(kernel, rows, Tb):
+    if kernel is not None:
         name += f"-{kernel}"
     return os.path.join(folder, f"{name}.pt2")
 
@@ -330,19 +391,19 @@ def load_step(owner, Tb: int, rows: int | None):
 
         return run
     path = step_package(owner.folder, rows, Tb, owner.kernel)
-    use_kernel = kernels.used(owner.kernel, rows, Tb)
     if not os.path.exists(path):
         _set_step_attention(owner.model)  # exported with it; the model gets its own back after
-        linears = kernels.packed_linears(owner.model) if use_kernel else contextlib.nullcontext()
+        use_linear = kernels.used(owner.kernel, rows, Tb)
+        linears = kernels.packed_linears(owner.model) if use_linear else contextlib.nullcontext()
         try:
             example = step_example(owner, rows or 4, Tb)
-            with linears:
+            with linears, kernels.attention_op(owner.kernel is not None):
                 _build_package(owner.module, example, path, owner.autotune and rows is not None, owner.verbose,
                                Tb, rows)  # fmt: skip
         finally:
             _restore_attention(owner.model)
-    if use_kernel:
-        kernels.load_bf16_linear()  # the package calls it
+    if owner.kernel is not None:
+        kernels.load_library()  # the package calls its ops
     from torch._inductor import aoti_load_package
 
     return aoti_load_package(path)
@@ -569,13 +630,17 @@ def grouped_attention(module, query, key, value, attention_mask, scaling=None, d
     attention (scores and softmax in fp32), but each key/value head serves its H / kv_heads queries in one matmul
     of (H / kv_heads) * T rows, with no copy of the cache per query head. The compiler keeps those matmuls as
     library calls; eager attention's one-row matmuls (a plain step) are lowered into a reduction kernel that cost
-    ~1.4 ms per layer at 8 rows here (a 36 vs 69 ms step), and a 1-query SDPA call ~10x more than this."""
+    ~1.4 ms per layer at 8 rows here (a 36 vs 69 ms step), and a 1-query SDPA call ~10x more than this. Traced
+    inside :func:`infer.engine.kernels.attention_op`, a bf16 step calls our attention kernel instead, which reads
+    only the slots each query sees."""
     if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
         raise EngineError("attention sinks are not supported by the compiled engine")
     B, H, T, D = query.shape
+    scaling = D**-0.5 if scaling is None else scaling
+    if attention_mask is not None and kernels.attention_fits(query, key, softcap):  # kernels.attention_op
+        return kernels.attention(query, key, value, attention_mask, scaling), None
     kv_heads = key.shape[1]
     groups = H // kv_heads
-    scaling = D**-0.5 if scaling is None else scaling
     q = query.reshape(B, kv_heads, groups * T, D)  # query head h reads key/value head h // groups
     scores = torch.matmul(q, key.transpose(2, 3)).float() * scaling  # [B, kv_heads, groups * T, S]
     if softcap is not None:

@@ -184,12 +184,12 @@ def test_one_row_matches_generate_on_the_compiled_engine(llama_oracle):
 
 
 def test_prompts_prefilled_together_decode_like_batch_one(llama_oracle, monkeypatch):
-    """Prompts of different lengths prefilled in one padded forward (and, with a small PREFILL_TOKENS, in several
+    """Prompts of different lengths prefilled in one packed forward (and, with a small PREFILL_TOKENS, in several
     groups); a row that ends at its first token never joins and the rows after it close the gap."""
     from infer.decode import batch as batch_mod
 
     family, model, heads, prompts, conts, engine = llama_oracle
-    assert len({p.shape[1] for p in prompts}) > 1  # padding is exercised
+    assert len({p.shape[1] for p in prompts}) > 1  # prompts of different lengths share the packed row
     cfg = DecodeConfig(tree="dynamic", node_budget=7, top_m=4, max_new_tokens=NEW)
     for budget in (2048, 2 * max(p.shape[1] for p in prompts)):
         monkeypatch.setattr(batch_mod, "PREFILL_TOKENS", budget)

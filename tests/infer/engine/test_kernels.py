@@ -1,8 +1,10 @@
-"""Our bf16 linear kernel: the maths of nn.Linear within bf16 rounding, a row's output independent of the other
-rows, the model's layers restored after a trace, and a compiled step that uses it agreeing with eager bf16."""
+"""Our bf16 kernels: the linear one does the maths of nn.Linear within bf16 rounding, the attention one the maths
+of eager attention while reading only the slots a query sees; a row's output independent of the other rows; the
+model's layers restored after a trace; a compiled step that uses them agreeing with eager bf16."""
 
 import copy
 import os
+import zipfile
 
 import pytest
 import torch
@@ -25,7 +27,7 @@ def test_which_steps_use_it():
 
 @needs_bf16
 def test_the_kernel_computes_a_linear_layer_and_rows_do_not_interact():
-    kernels.load_bf16_linear()
+    kernels.load_library()
     g = torch.Generator().manual_seed(0)
     layer = torch.nn.Linear(96, 64, bias=True).to(torch.bfloat16)
     x = torch.randn(13, 96, generator=g).to(torch.bfloat16)
@@ -46,20 +48,84 @@ def test_the_kernel_computes_a_linear_layer_and_rows_do_not_interact():
         kernels.pack(torch.zeros(48, 96, dtype=torch.bfloat16))
 
 
+def _attention_case(B, H, KV, T, S, D, seed=0):
+    """Random bf16 queries / cache and a step's mask: row b sees its first start[b] slots, then its T tokens
+    (from slot start[b]) a chain each -> q, k, v, mask [B, 1, T, S] (finfo.min where hidden)."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, n, m, D, generator=g).to(torch.bfloat16) for n, m in ((H, T), (KV, S), (KV, S)))
+    start = torch.randint(1, S - T, (B,), generator=g)
+    col = torch.arange(S)[None, None, :]
+    rel = col - start[:, None, None]
+    visible = (rel < 0) | ((rel >= 0) & (rel <= torch.arange(T)[None, :, None]))  # [B, T, S]
+    mask = torch.zeros(B, 1, T, S, dtype=torch.bfloat16)
+    return q, k, v, mask.masked_fill(~visible[:, None], torch.finfo(torch.bfloat16).min)
+
+
+@needs_bf16
+@pytest.mark.parametrize("shape", [(8, 9, 3, 1, 256, 64), (2, 4, 2, 5, 96, 128), (3, 2, 2, 3, 40, 256)])
+def test_the_attention_kernel_reads_only_what_a_query_sees(shape):
+    from infer.engine.single import grouped_attention
+
+    kernels.load_library()
+    B, H, KV, T, S, D = shape
+    q, k, v, mask = _attention_case(*shape)
+    out = kernels.attention(q, k, v, mask, D**-0.5)  # [B, T, H, D]
+    exact = grouped_attention(None, q.float(), k.float(), v.float(), mask.float())[0]
+    eager = grouped_attention(None, q, k, v, mask)[0]  # the compiled steps' bf16 maths before the kernel
+    assert out.shape == eager.shape and out.dtype == torch.bfloat16
+    assert (out.float() - exact).abs().max() <= 2 * (eager.float() - exact).abs().max() + 1e-3
+    # a row alone, or in a longer cache whose extra slots hold garbage it does not see: the same bits
+    assert all(torch.equal(kernels.attention(q[b : b + 1], k[b : b + 1], v[b : b + 1], mask[b : b + 1],
+                                             D**-0.5), out[b : b + 1]) for b in range(B))  # fmt: skip
+    hidden = torch.full((B, KV, 16, D), float("nan"), dtype=torch.bfloat16)
+    wide = [torch.cat([x, hidden], dim=2) for x in (k, v)]
+    wide_mask = torch.cat([mask, torch.full((B, 1, T, 16), torch.finfo(torch.bfloat16).min,
+                                            dtype=torch.bfloat16)], dim=3)  # fmt: skip
+    assert torch.equal(kernels.attention(q, *wide, wide_mask, D**-0.5), out)
+    assert torch.equal(kernels.attention(q, k, v, mask.float(), D**-0.5), out)  # an fp32 mask reads the same
+
+
+@needs_bf16
+def test_the_attention_kernel_is_used_only_inside_a_trace_and_refuses_what_it_cannot_compute():
+    kernels.load_library()
+    q, k, v, mask = _attention_case(1, 2, 2, 1, 32, 64)
+    assert not kernels.attention_fits(q, k)  # outside attention_op: the model's maths
+    with kernels.attention_op():
+        assert kernels.attention_fits(q, k)
+        assert not kernels.attention_fits(q, k, softcap=30.0)
+        assert not kernels.attention_fits(q.float(), k.float())
+    with kernels.attention_op(False):
+        assert not kernels.attention_fits(q, k)
+    q32, k32, v32, mask32 = _attention_case(1, 2, 2, 1, 32, 32)
+    with pytest.raises(RuntimeError, match="head_dim"):
+        kernels.attention(q32, k32, v32, mask32, 1.0)
+    with pytest.raises(RuntimeError, match="mask"):
+        kernels.attention(q, k, v, mask[:, :, :, :8], 1.0)
+
+
 @needs_bf16
 @pytest.mark.slow
-def test_a_compiled_step_with_the_kernel_agrees_with_eager_bf16(tmp_path, monkeypatch):
-    """A one-row engine with an 8-token bucket: that step uses the kernel (named in its package file), the
-    1-token step does not; an 8-token chain's logits match the eager engine's within bf16 rounding."""
-    from infer.engine.single import CompiledEngine, EagerEngine, step_package
+def test_a_compiled_step_with_the_kernels_agrees_with_eager_bf16(tmp_path, monkeypatch):
+    """A one-row engine with an 8-token bucket (head_dim 64): both steps call the attention kernel, the 8-token
+    one the linear kernel too (the library named in their package files); an 8-token chain's logits match the eager
+    engine's within bf16 rounding."""
+    from infer.engine.single import CompiledEngine, EagerEngine
 
     monkeypatch.setenv("MEDUSA_CACHE", str(tmp_path))
-    model = copy.deepcopy(tiny_model("llama")).to(torch.bfloat16)
-    assert kernels.wanted(model) == f"bf16_linear-v{kernels.KERNEL_VERSION}"
+    model = copy.deepcopy(tiny_model("llama", hidden_size=256)).to(torch.bfloat16)
+    assert kernels.wanted(model) == f"bf16-v{kernels.KERNEL_VERSION}"
     engine = CompiledEngine(model, buckets=(1, 8), autotune=False)
     files = sorted(os.listdir(engine.folder))
-    assert os.path.basename(step_package(engine.folder, 1, 8, engine.kernel)) in files
-    assert files == ["step-1.pt2", f"step-8-{engine.kernel}.pt2"]
+    assert files == [f"step-1-{engine.kernel}.pt2", f"step-8-{engine.kernel}.pt2"]
+    # what each package calls: the kernels' ops appear in the generated code of the steps that use them
+    sources = {}
+    for f in files:  # a package is a zip of the generated sources, the compiled library and the weights
+        with zipfile.ZipFile(os.path.join(engine.folder, f)) as z:
+            sources[f] = "".join(
+                z.read(n).decode(errors="ignore") for n in z.namelist() if n.endswith((".cpp", ".json"))
+            )
+    assert all("medusa::attention" in src for src in sources.values())
+    assert ["medusa::bf16_linear" in sources[f] for f in files] == [False, True]
     prompt = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(1))
     chain = torch.randint(0, 512, (8,), generator=torch.Generator().manual_seed(2))
     tree = torch.ones(8, 8, dtype=torch.bool).tril()
