@@ -8,7 +8,9 @@
 // attention does, the probabilities rounded to the value dtype before they weigh the values, sums in fp32 in slot
 // order. A query's result depends only on itself, its mask row and the cache: not on the other rows or tokens of the
 // step, nor on S (batch invariance, like the linear kernel).
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>  // not torch/extension.h: 3-4x the compile time
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -149,8 +151,8 @@ using RowFn = decltype(&attend_row<2>);
 
 // q [B, H, T, D], k / v [B, KV, S, D] (each D contiguous: cache views), mask [B, 1, T, Sm >= S] additive
 // -> out [B, T, H, D] (the layout transformers' attention functions return), in q's dtype (bf16)
-torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                        const torch::Tensor& mask, double scaling) {
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const at::Tensor& mask, double scaling) {
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 &&
                   v.scalar_type() == at::kBFloat16,
               "attention: bfloat16 queries, keys and values");
@@ -170,7 +172,7 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
   const bool mask_bf16 = mc.scalar_type() == at::kBFloat16;
   const int64_t Sm = mc.size(3), G = H / KV;
   const RowFn row = D == 64 ? attend_row<2> : D == 128 ? attend_row<4> : attend_row<8>;
-  auto out = torch::empty({B, T, H, D}, q.options());
+  auto out = at::empty({B, T, H, D}, q.options());
   const auto* Q = reinterpret_cast<const uint16_t*>(qc.data_ptr());
   const auto* K = reinterpret_cast<const uint16_t*>(k.data_ptr());
   const auto* Vp = reinterpret_cast<const uint16_t*>(v.data_ptr());

@@ -7,7 +7,9 @@
 // and uses fp32 FMAs, which turns compute-bound from 8 rows on. Each output is one fixed-order sum over k whatever
 // M is: a row's result does not depend on the other rows of the step (batch invariance). Threads split the column
 // blocks, never the sum.
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>  // not torch/extension.h: 3-4x the compile time
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -20,13 +22,13 @@ constexpr int64_t kCols = 32;  // output columns per block: two zmm registers of
 constexpr int kMaxRows = 8;    // token rows sharing one weight load (2 x 8 accumulators + 2 weight registers)
 
 // W [N, K] -> [N / 32, K / 2, 32, 2]: block nb, k-pair kp holds (W[32 nb + j][2 kp], W[32 nb + j][2 kp + 1]).
-torch::Tensor bf16_pack(const torch::Tensor& w) {
+at::Tensor bf16_pack(const at::Tensor& w) {
   TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.dim() == 2, "bf16_pack: a 2-D bfloat16 weight, got ",
               w.scalar_type(), " of ", w.dim(), " dims");
   const int64_t N = w.size(0), K = w.size(1);
   TORCH_CHECK(N % kCols == 0 && K % 2 == 0, "bf16_pack: needs N % 32 == 0 and K % 2 == 0, got ", N, " x ", K);
   auto wc = w.contiguous();
-  auto out = torch::empty({N / kCols, K / 2, kCols, 2}, w.options());
+  auto out = at::empty({N / kCols, K / 2, kCols, 2}, w.options());
   const auto* src = reinterpret_cast<const uint16_t*>(wc.data_ptr());
   auto* dst = reinterpret_cast<uint16_t*>(out.data_ptr());
   at::parallel_for(0, N / kCols, 1, [&](int64_t b0, int64_t b1) {
@@ -69,7 +71,7 @@ constexpr DotFn kOne[kMaxRows + 1] = {nullptr,          dot_blocks<1, 1>, dot_bl
 constexpr DotFn kTwo[5] = {nullptr, dot_blocks<1, 2>, dot_blocks<2, 2>, dot_blocks<3, 2>, dot_blocks<4, 2>};
 
 // x [..., K] bf16, wp = bf16_pack(W) -> [..., N] bf16 (fp32 sums, rounded to nearest even once)
-torch::Tensor bf16_linear(const torch::Tensor& x, const torch::Tensor& wp) {
+at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& wp) {
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && wp.scalar_type() == at::kBFloat16 && wp.dim() == 4,
               "bf16_linear: bfloat16 input and a bf16_pack'ed weight");
   auto xc = x.contiguous();
@@ -78,7 +80,7 @@ torch::Tensor bf16_linear(const torch::Tensor& x, const torch::Tensor& wp) {
   const int64_t M = K ? xc.numel() / K : 0;
   auto sizes = xc.sizes().vec();
   sizes.back() = N;
-  auto out = torch::empty(sizes, xc.options());
+  auto out = at::empty(sizes, xc.options());
   const auto* X = reinterpret_cast<const uint16_t*>(xc.data_ptr());
   const auto* W = reinterpret_cast<const uint16_t*>(wp.data_ptr());
   auto* O = reinterpret_cast<uint16_t*>(out.data_ptr());
