@@ -5,18 +5,21 @@ AVX512-BF16; one library, built once).
   computes bf16 matmuls with fp32 FMAs (it has a native bf16 micro-kernel only for AMX), which is memory-bound for
   one token row but compute-bound from ~8 rows on: an 8-row step (a batch of 8, or a tree of 8 nodes) cost 2-3x a
   one-row step. This kernel streams each weight once for several rows with ``vdpbf16ps``, so 1 to 8 rows cost
-  about the same (measured in the README). Used from :data:`MIN_ROWS` matmul rows on.
-- ``medusa::attention`` (``attention.cpp``): the attention of every step over the preallocated cache. The compiled
+  about the same (measured in the README).
+- ``medusa::attention`` (``attention.cpp``): the attention of a step over the preallocated cache. The compiled
   matmuls computed every slot of every row, used or not (~4 ms of a 17 ms step at 8 rows); this one reads the
   slots each query sees and nothing else.
 
-Both compute each output in one fixed order whatever the other rows of the step are, so a row's output does not
-depend on its neighbours (batch invariance). The library is built with the C++ compiler the compiled engine already
-needs (into ``$TORCH_EXTENSIONS_DIR`` or the toolkit's cache) and used by the AOTInductor packages through the op
-registry: while a step is exported, every eligible ``nn.Linear`` of the model calls the linear op on a packed copy
-of its weight (:func:`packed_linears`; the model is not modified) and the step's attention calls the attention op
-(:func:`attention_op`); a package built that way loads the library before it runs. ``MEDUSA_KERNELS=0`` turns them
-off. The steps built with them carry the library's name in their package's file name.
+Both compute each output in one fixed order whatever the other rows and tokens of the step are, and every step uses
+them (with inductor told to round to bf16 wherever eager would: ``emulate_precision_casts``), so a token's outputs do
+not depend on its neighbours in the step: greedy tree decoding equals plain greedy decoding in bf16 bit for bit, and
+a request gets the same answer alone or in any batch (batch invariance; tested). The library is built with the C++
+compiler the compiled engine already needs (into ``$TORCH_EXTENSIONS_DIR`` or the toolkit's cache) and used by the
+AOTInductor packages through the op registry: while a step is exported, every eligible ``nn.Linear`` of the model
+calls the linear op on a packed copy of its weight (:func:`packed_linears`; the model is not modified) and the step's
+attention calls the attention op (:func:`attention_op`); a package built that way loads the library before it runs.
+``MEDUSA_KERNELS=0`` turns them off (inductor's own kernels: a little faster for one row, not batch invariant). The
+steps built with them carry the library's name in their package's file name.
 """
 
 from __future__ import annotations
@@ -29,13 +32,13 @@ import types
 import torch
 from torch import nn
 
-KERNEL_VERSION = 4  # bumped with the sources: part of the library's name, so in the package file names
+KERNEL_VERSION = 5  # bumped with the sources: part of the library's name, so in the package file names
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [os.path.join(HERE, "bf16_linear.cpp"), os.path.join(HERE, "attention.cpp")]
 
 
 def wanted(model) -> str | None:
-    """The kernels a compiled engine of ``model`` uses here (f"bf16-v{KERNEL_VERSION}": the library's name), or None:
+    """The kernels every compiled step of ``model`` uses here (f"bf16-v{KERNEL_VERSION}": the library's name), or None:
     bf16 weights on a CPU with AVX512-BF16, linear layers the linear kernel can take, and not turned off by
     ``MEDUSA_KERNELS=0`` (the attention op serves the models whose attention it can compute:
     :func:`attention_fits`)."""
@@ -45,18 +48,6 @@ def wanted(model) -> str | None:
     if p.device.type != "cpu" or p.dtype != torch.bfloat16 or not cpu_has_avx512_bf16():
         return None
     return f"bf16-v{KERNEL_VERSION}" if eligible_linears(model) else None
-
-
-# matmul rows (rows x tokens) from which a step uses the kernel: below it the compiler's is as fast or faster
-MIN_ROWS = 8
-
-
-def used(kernel: str | None, rows: int | None, tokens: int) -> bool:
-    """Whether the step of ``rows`` (None: any from 2) x ``tokens`` uses the linear kernel (``kernel``: the library
-    :func:`wanted` here, None: none): from
-    :data:`MIN_ROWS` matmul rows on. For fewer, inductor's GEMV template is as fast or faster (measured here: a
-    one-row step 10.9-11.2 ms with it, 11.4-12.1 ms with the kernel; 4 tokens 11.8-11.9 vs 12.8-14.4 ms)."""
-    return kernel is not None and (rows or 2) * tokens >= MIN_ROWS
 
 
 def cpu_has_avx512_bf16() -> bool:

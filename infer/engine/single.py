@@ -180,29 +180,36 @@ PACKED_ATTENTION = "medusa_packed"  # a packed prefill's attention: each prompt'
 _segments: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("medusa_packed", default=None)
 
 
-def packed_attention(module, query, key, value, attention_mask, **kwargs):
-    """:func:`grouped_attention` prompt by prompt over a packed prefill (query [1, H, N, D], key / value
-    [1, kv_heads, N, D], mask [1, 1, N, N]; the prompts' lengths from :func:`_packed_attention`) -> [1, N, H, D]:
-    attention over the whole row would compute every prompt against every other only to mask it out (5x the
-    work for 8 prompts of ~70 tokens, which cost more than the padding it saves)."""
+def packed_attention(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs
+):
+    """A packed prefill's attention, prompt by prompt (query [1, H, N, D], key / value [1, kv_heads, N, D], mask
+    [1, 1, N, N]; the prompts' lengths from :func:`_packed_attention`) -> ([1, N, H, D], None). Each prompt runs
+    transformers' SDPA attention on its own block (copied out, so a prompt is computed the same way alone or among
+    others), or :func:`grouped_attention` where logits are soft-capped: attention over the whole row would compute
+    every prompt against every other only to mask it out (5x the work for 8 prompts of ~70 tokens)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
+        raise EngineError("attention sinks are not supported by the compiled engine")
     out, a = [], 0
     for n in _segments.get() or [query.shape[2]]:
         b = a + n
-        mask = None if attention_mask is None else attention_mask[:, :, a:b, a:b]
-        out.append(
-            grouped_attention(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], mask, **kwargs)[0]
-        )
+        q, k, v = (x[:, :, a:b].contiguous() for x in (query, key, value))
+        mask = None if attention_mask is None else attention_mask[:, :, a:b, a:b].contiguous()
+        if softcap is None:
+            o = sdpa_attention_forward(module, q, k, v, mask, scaling=scaling, **kwargs)[0]
+        else:
+            o = grouped_attention(module, q, k, v, mask, scaling=scaling, softcap=softcap, **kwargs)[0]
+        out.append(o)
         a = b
     return torch.cat(out, dim=1), None
 
 
 @contextlib.contextmanager
 def _packed_attention(decoder, lengths: list[int]):
-    """While a packed prefill of prompts of ``lengths`` runs: the model attends prompt by prompt
-    (:func:`packed_attention`; one prompt: the model's own attention, untouched)."""
-    if len(lengths) == 1:
-        yield
-        return
+    """While a packed prefill of prompts of ``lengths`` runs (one prompt too: it must be computed as it would be
+    among others), the model attends prompt by prompt (:func:`packed_attention`)."""
     from transformers import AttentionInterface
 
     if PACKED_ATTENTION not in AttentionInterface._global_mapping:
@@ -393,13 +400,13 @@ def load_step(owner, Tb: int, rows: int | None):
     path = step_package(owner.folder, rows, Tb, owner.kernel)
     if not os.path.exists(path):
         _set_step_attention(owner.model)  # exported with it; the model gets its own back after
-        use_linear = kernels.used(owner.kernel, rows, Tb)
-        linears = kernels.packed_linears(owner.model) if use_linear else contextlib.nullcontext()
+        ours = owner.kernel is not None  # our kernels in every step (infer/engine/kernels.py)
+        linears = kernels.packed_linears(owner.model) if ours else contextlib.nullcontext()
         try:
             example = step_example(owner, rows or 4, Tb)
-            with linears, kernels.attention_op(owner.kernel is not None):
+            with linears, kernels.attention_op(ours):
                 _build_package(owner.module, example, path, owner.autotune and rows is not None, owner.verbose,
-                               Tb, rows)  # fmt: skip
+                               Tb, rows, invariant=ours)  # fmt: skip
         finally:
             _restore_attention(owner.model)
     if owner.kernel is not None:
@@ -445,10 +452,20 @@ def weights_fingerprint(model) -> str:
 
 
 def _build_package(
-    module, example, path: str, autotune: bool, verbose: bool, Tb: int, rows: int | None
+    module,
+    example,
+    path: str,
+    autotune: bool,
+    verbose: bool,
+    Tb: int,
+    rows: int | None,
+    invariant: bool = False,
 ) -> None:
     """torch.export the step (cache length dynamic; ``rows`` None: the batch size too) and compile it with
-    AOTInductor into ``path``."""
+    AOTInductor into ``path``. ``invariant``: the step's matmuls and attention are our kernels, and inductor rounds
+    to the model's dtype wherever eager would (``emulate_precision_casts``): it fuses ops differently for different
+    shapes, and without the roundings a fused kernel keeps fp32 where another shape's does not (a plain step and a
+    tree step then disagreed from the fourth layer on)."""
     import time
 
     from torch._inductor import aoti_compile_and_package
@@ -466,7 +483,7 @@ def _build_package(
         dynamic = (None, None, None, None, tuple({2: S} for _ in example[4:]))
     with torch.no_grad():
         program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=False)
-    options = {"freezing": True}
+    options = {"freezing": True, "emulate_precision_casts": invariant}
     if autotune:  # measured per matmul shape: inductor's C++ GEMM template vs oneDNN
         options |= {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
     os.makedirs(os.path.dirname(path), exist_ok=True)

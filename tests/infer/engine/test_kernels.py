@@ -1,6 +1,7 @@
 """Our bf16 kernels: the linear one does the maths of nn.Linear within bf16 rounding, the attention one the maths
 of eager attention while reading only the slots a query sees; a row's output independent of the other rows; the
-model's layers restored after a trace; a compiled step that uses them agreeing with eager bf16."""
+model's layers restored after a trace; compiled steps that use them agree with eager bf16, and make bf16 greedy
+decoding batch invariant (trees equal plain, rows in a batch equal alone)."""
 
 import copy
 import os
@@ -17,10 +18,7 @@ needs_bf16 = pytest.mark.skipif(
 )
 
 
-def test_which_steps_use_it():
-    assert not kernels.used(None, 8, 1)  # not wanted here
-    assert kernels.used("k", 8, 1) and kernels.used("k", 2, 4) and kernels.used("k", None, 4)
-    assert not kernels.used("k", 4, 1) and not kernels.used("k", 1, 4) and not kernels.used("k", None, 1)
+def test_not_wanted_in_fp32():
     model = tiny_model("llama")  # fp32: never wanted
     assert kernels.wanted(model) is None
 
@@ -103,29 +101,46 @@ def test_the_attention_kernel_is_used_only_inside_a_trace_and_refuses_what_it_ca
         kernels.attention(q, k, v, mask[:, :, :, :8], 1.0)
 
 
-@needs_bf16
-@pytest.mark.slow
-def test_a_compiled_step_with_the_kernels_agrees_with_eager_bf16(tmp_path, monkeypatch):
-    """A one-row engine with an 8-token bucket (head_dim 64): both steps call the attention kernel, the 8-token
-    one the linear kernel too (the library named in their package files); an 8-token chain's logits match the eager
-    engine's within bf16 rounding."""
-    from infer.engine.single import CompiledEngine, EagerEngine
+@pytest.fixture(scope="module")
+def bf16_oracle(tmp_path_factory):
+    """A tiny bf16 llama with head_dim 64 (the attention kernel's), heads fitted to its fp32 twin's continuations
+    (trees get accepted), and its AOTInductor engine with buckets 1 and 8 in a cache of its own."""
+    from infer.engine.single import CompiledEngine
+    from tests.tiny import fit_oracle_heads, greedy_continuations
 
-    monkeypatch.setenv("MEDUSA_CACHE", str(tmp_path))
-    model = copy.deepcopy(tiny_model("llama", hidden_size=256)).to(torch.bfloat16)
+    if not kernels.cpu_has_avx512_bf16():
+        pytest.skip("the kernels need a CPU with AVX512-BF16")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDUSA_CACHE", str(tmp_path_factory.mktemp("cache")))
+    model32 = tiny_model("llama", hidden_size=256, layers=4)
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, 512, (1, n), generator=g) for n in (5, 11, 17)]
+    conts = greedy_continuations(model32, prompts, 24)
+    heads = fit_oracle_heads(
+        model32, [torch.cat([p[0], c]) for p, c in zip(prompts, conts)], num_heads=3, steps=60
+    )
+    model = copy.deepcopy(model32).to(torch.bfloat16)
+    engine = CompiledEngine(model, buckets=(1, 8))  # autotuned, as users' are
+    yield model, heads.to(torch.bfloat16), prompts, engine
+    mp.undo()
+
+
+@pytest.mark.slow
+def test_a_compiled_step_with_the_kernels_agrees_with_eager_bf16(bf16_oracle):
+    """Both steps call both kernels (the library named in their package files); an 8-token chain's logits match
+    the eager engine's within bf16 rounding."""
+    from infer.engine.single import EagerEngine
+
+    model, _, _, engine = bf16_oracle
     assert kernels.wanted(model) == f"bf16-v{kernels.KERNEL_VERSION}"
-    engine = CompiledEngine(model, buckets=(1, 8), autotune=False)
     files = sorted(os.listdir(engine.folder))
     assert files == [f"step-1-{engine.kernel}.pt2", f"step-8-{engine.kernel}.pt2"]
-    # what each package calls: the kernels' ops appear in the generated code of the steps that use them
-    sources = {}
     for f in files:  # a package is a zip of the generated sources, the compiled library and the weights
         with zipfile.ZipFile(os.path.join(engine.folder, f)) as z:
-            sources[f] = "".join(
+            src = "".join(
                 z.read(n).decode(errors="ignore") for n in z.namelist() if n.endswith((".cpp", ".json"))
             )
-    assert all("medusa::attention" in src for src in sources.values())
-    assert ["medusa::bf16_linear" in sources[f] for f in files] == [False, True]
+        assert "medusa::attention" in src and "medusa::bf16_linear" in src
     prompt = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(1))
     chain = torch.randint(0, 512, (8,), generator=torch.Generator().manual_seed(2))
     tree = torch.ones(8, 8, dtype=torch.bool).tril()
@@ -136,3 +151,53 @@ def test_a_compiled_step_with_the_kernels_agrees_with_eager_bf16(tmp_path, monke
     scale = out[1].abs().max().item()
     assert (out[0] - out[1]).abs().max().item() < 0.05 * scale
     assert (out[0].argmax(-1) == out[1].argmax(-1)).float().mean() >= 0.75
+
+
+@pytest.mark.slow
+def test_bf16_greedy_trees_equal_plain_and_rows_equal_alone(bf16_oracle):
+    """Batch invariance in bf16: greedy dynamic-tree decoding returns plain greedy decoding's tokens exactly (a
+    token's logits do not depend on the tree it is verified in), and each row of a batch (prefilled packed with the
+    others, verified in steps of several rows) returns what it returns alone."""
+    from infer.decode.batch import BatchDecoder
+    from infer.decode.single import DecodeConfig, generate
+    from infer.engine.batch import CompiledBatchEngine
+
+    model, heads, prompts, engine = bf16_oracle
+    # bit for bit: an 8-token chain verified in one step, and the same tokens one plain step at a time; then the
+    # same chain as one row of three in the batched engine
+    chain = torch.randint(3, 512, (8,), generator=torch.Generator().manual_seed(4))
+    engine.prefill(prompts[1], 64)
+    in_tree = engine.step(chain, torch.arange(8), torch.ones(8, 8, dtype=torch.bool).tril())[1]
+    engine.prefill(prompts[1], 64)
+    one_by_one = []
+    for t in chain:
+        one_by_one.append(engine.step(t[None])[1][0])
+        engine.accept(None)
+    assert torch.equal(in_tree, torch.stack(one_by_one))
+    batched = CompiledBatchEngine(engine, fixed_shapes=())  # dynamic-batch steps of 1 and 8 tokens
+    rows = batched.fresh()
+    rows.prefill(prompts, [64] * 3)
+    rows.join()
+    ids = torch.stack([chain.roll(1), chain, chain.roll(2)])
+    out = rows.step(
+        ids, torch.arange(8).expand(3, 8), torch.ones(8, 8, dtype=torch.bool).tril().expand(3, 8, 8)
+    )[1]
+    assert torch.equal(out[1], in_tree)
+    # and so the decoded tokens
+    plain_cfg = DecodeConfig(tree="none", max_new_tokens=24)
+    tree_cfg = DecodeConfig(tree="dynamic", node_budget=7, top_m=4, max_new_tokens=24)
+    plain = [generate(model, p, None, plain_cfg, eos=set(), engine=engine).tokens for p in prompts]
+    accepted = []
+    for p, ref in zip(prompts, plain):
+        out = generate(model, p, heads, tree_cfg, eos=set(), engine=engine)
+        assert out.tokens == ref
+        accepted += out.accept_lengths
+    assert sum(accepted) / len(accepted) > 1.3  # the trees were accepted, not just verified
+    for cfg in (plain_cfg, tree_cfg):
+        dec = BatchDecoder(
+            model, heads if cfg.tree != "none" else None, cfg, eos=set(), engine=batched.fresh()
+        )
+        rows = dec.add_many(prompts)
+        while dec.active:
+            dec.step()
+        assert [r.result.tokens for r in rows] == plain
