@@ -15,11 +15,12 @@
   mask is just "my slots before my length, and my tree ancestors", built inside the compiled step. One row runs
   the one-row packages; plain steps of 2 and 4 rows (and 8 where our bf16 kernel runs it,
   :mod:`infer.engine.kernels`) have fixed-shape packages (a batch in between padded up, more rows run as steps of
-  the largest); trees of several rows run a package whose batch size is dynamic (with the kernel too: 8 or more
-  matmul rows). Prompts that arrive together are prefilled in one packed forward. Rows leave by moving the
+  the largest); trees of several rows run a package whose batch size is dynamic (our bf16 kernels run every
+  step where they apply). Prompts that arrive together are prefilled in one packed forward. Rows leave by moving the
   later rows down; the cache grows by reallocation.
 
-Greedy rows equal their batch-1 output on either engine (fp32, tested).
+Greedy rows equal their batch-1 output on either engine (fp32, tested), and bit for bit in bf16 where our kernels
+run the compiled steps (tests/infer/engine/test_kernels.py).
 """
 
 from __future__ import annotations
@@ -212,9 +213,9 @@ class CompiledBatchEngine:
 
     @torch.no_grad()
     def prefill(self, prompts: list[torch.Tensor], capacities: list[int] | None = None):
-        """As :meth:`EagerBatchEngine.prefill`, but the prompts run together (packed into one eager forward,
-        each weight read once: :func:`infer.engine.single.prefill_into`) into the next free cache rows; ``capacities``: the tokens each row may
-        hold (prompt + new tokens + tree room)."""
+        """As :meth:`EagerBatchEngine.prefill`, but the prompts run together (packed into one eager forward, each
+        weight read once: :func:`infer.engine.single.prefill_into`) into the next free cache rows; ``capacities``:
+        the tokens each row may hold (prompt + new tokens + tree room)."""
         lengths = [p.shape[1] for p in prompts]
         capacities = [max(c, n) for c, n in zip(capacities or lengths, lengths)]
         row, n = len(self.lengths), len(prompts)
