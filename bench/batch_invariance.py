@@ -16,8 +16,8 @@ import os
 
 def main() -> None:
     from infer.bench import read_prompts
+    from infer.bench_batch import ours_batched
     from infer.cli import fail
-    from infer.decode.batch import BatchDecoder
     from infer.draft.budget import BatchLatency
     from infer.pipeline import PipelineError, load_pipeline
 
@@ -37,15 +37,7 @@ def main() -> None:
     latency = BatchLatency(pipe.model, pipe.heads, pipe.device, pipe.config.latency, engine=engine)
 
     def run(group, trees):  # -> each row's tokens, every step's accepted length
-        cfg = pipe.decode_config(
-            max_new_tokens=args.max_new_tokens, tree=pipe.config.tree if trees else "none"
-        )
-        dec = BatchDecoder(pipe.model, pipe.heads if trees else None, cfg, pipe.eos, latency if trees else None,
-                           engine.fresh())  # fmt: skip
-        rows = dec.add_many(group)
-        while dec.active:
-            dec.step()
-        return [r.result.tokens for r in rows], [a for r in rows for a in r.result.accept_lengths]
+        return ours_batched(pipe, group, args.max_new_tokens, trees, latency)
 
     alone = [run([q], False)[0][0] for q in prompts]
     print(

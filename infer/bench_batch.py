@@ -49,14 +49,18 @@ def hf_batched(model, tokenizer, prompts: list[torch.Tensor], max_new_tokens: in
     return total
 
 
-def ours_batched(pipe, prompts, max_new_tokens: int, trees: bool, latency) -> tuple[int, list[float]]:
+def ours_batched(
+    pipe, prompts, max_new_tokens: int, trees: bool, latency
+) -> tuple[list[list[int]], list[int]]:
+    """Our batched decoding of ``prompts`` together (trees: the pipeline's, with the auto budget ``latency``) ->
+    each row's new tokens, every row's accepted length per step."""
     cfg = pipe.decode_config(max_new_tokens=max_new_tokens, tree=pipe.config.tree if trees else "none")
     dec = BatchDecoder(pipe.model, pipe.heads if trees else None, cfg, pipe.eos, latency if trees else None,
                        pipe.batch_engine())  # fmt: skip
     rows = dec.add_many(prompts)
     while dec.active:
         dec.step()
-    return sum(len(r.result.tokens) for r in rows), [a for r in rows for a in r.result.accept_lengths]
+    return [r.result.tokens for r in rows], [a for r in rows for a in r.result.accept_lengths]
 
 
 def bench_batching(
@@ -84,7 +88,8 @@ def bench_batching(
                     r = peers[mode].ask([p[0].tolist() for p in group])
                     n = sum(len(t) for t in r["tokens"])
                 else:
-                    n, acc = ours_batched(pipe, group, max_new_tokens, mode == "auto", latency)
+                    tokens, acc = ours_batched(pipe, group, max_new_tokens, mode == "auto", latency)
+                    n = sum(map(len, tokens))
                     if mode == "auto" and g:
                         steps += acc
                 dt = time.perf_counter() - t0

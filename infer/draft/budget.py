@@ -369,7 +369,7 @@ def load_or_measure(
         key |= {"engine": engine.name, "buckets": list(engine.buckets)}
         if getattr(engine, "fixed_shapes", None):  # a batched engine: its fixed-shape steps
             key["fixed"] = [list(shape) for shape in engine.fixed_shapes]
-        if getattr(engine, "kernel", None):  # our kernel (and its version) in some of its steps
+        if getattr(engine, "kernel", None):  # our kernels (and their version) in its steps
             key["kernel"] = engine.kernel
     cache_dir = cache_dir or os.path.join(cache_root(), "latency")
     path = _key_file(key, cache_dir)

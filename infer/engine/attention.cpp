@@ -25,11 +25,6 @@ namespace {
 
 constexpr float kHidden = -1e30f;  // mask entries at or below this: the slot is not seen (finfo.min in bf16 or fp32)
 
-inline __m512 load16(const uint16_t* p) {  // 16 bf16 -> 16 fp32
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-
 inline uint16_t to_bf16(float f) {  // round to nearest even, as torch does
   uint32_t u;
   std::memcpy(&u, &f, 4);

@@ -161,7 +161,7 @@ class CompiledBatchEngine:
     """The compiled engine's steps for a batch: a preallocated cache with one row per sequence, no holes.
     ``single``: the one-row :class:`infer.engine.single.CompiledEngine` whose model, packages and folder it shares
     (one row runs its packages); ``fixed_shapes``: (rows, tokens a row) with steps of their own (default:
-    :func:`default_shapes`; fixed shape, matmuls autotuned for it; rows a power of two, a batch in between padded to
+    :func:`default_shapes`; fixed shape, compiled for it; rows a power of two, a batch in between padded to
     it); any other shape runs the steps whose batch size is dynamic."""
 
     name = "compiled"

@@ -273,7 +273,7 @@ class CompiledEngine:
         if not self.buckets or self.buckets[0] != 1:
             raise EngineError(f"buckets must include 1 (plain steps), got {buckets}")
         self.autotune, self.backend, self.verbose = autotune, backend, verbose
-        # our bf16 linear kernel inside the packages where it applies (infer/engine/kernels.py)
+        # our bf16 kernels in every step where they apply (infer/engine/kernels.py)
         self.kernel = kernels.wanted(model) if backend == "aoti" else None
         self.folder = folder or package_folder(model, autotune)
         self.layers, self.kv_heads, self.head_dim = cache_shape(model)
