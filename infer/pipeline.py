@@ -83,14 +83,19 @@ def encode(
 ) -> torch.Tensor:
     """Messages -> input ids [1, L] (the chat template with the assistant's generation prompt, or the last
     message's text alone). ``template``: the Jinja text to use instead of the tokenizer's own (the heads' training
-    template, :func:`heads_template`)."""
+    template, :func:`heads_template`); with neither, training's fallback (:func:`data.chat.resolve_template`)."""
     if not messages or not all(isinstance(m.get("content"), str) for m in messages):
         raise PipelineError("messages must be a non-empty list of {'role', 'content': str}")
     if not messages[-1]["content"].strip():
         raise PipelineError("empty prompt")
     if chat_template:
-        if template is None and tokenizer.chat_template is None:
-            raise PipelineError("the tokenizer has no chat template; pass --no-chat-template")
+        if template is None and tokenizer.chat_template is None:  # as training resolves it: Vicuna's by name
+            from data.chat import resolve_template
+
+            try:
+                template = resolve_template(tokenizer, None)
+            except ValueError as e:
+                raise PipelineError(f"{e}; or pass --no-chat-template") from None
         text = tokenizer.apply_chat_template(
             messages, chat_template=template, tokenize=False, add_generation_prompt=True
         )

@@ -31,6 +31,7 @@ from .cli import fail
 from .decode.batch import BatchDecoder
 from .decode.single import DRAFTERS, DecodeConfig, Sampling, tree_room
 from .engine.single import ENGINES
+from .model.backbone import check_window
 from .pipeline import Pipeline
 
 # requests waiting for a row beyond this are refused with 429 "overloaded", not queued without bound
@@ -147,6 +148,12 @@ class Engine:
             else None
         )
         self.decoder = BatchDecoder(pipe.model, pipe.heads if trees else None, cfg, pipe.eos, latency, engine)
+        if latency is not None:  # every batch size's profile now (cached on disk): measured on the decode
+            # thread while rows decode, a new batch size's first step would stall every row for seconds
+            for i in range(
+                max(0, max_batch - 1).bit_length() + 1
+            ):  # 1, 2, 4 ... (B rows use 2^ceil(log2 B)'s)
+                latency.for_batch(1 << i)
         self.trees = trees and (pipe.heads is not None or cfg.context)
         self.waiting: queue.Queue[Job] = queue.Queue()
         self.wake = threading.Event()
@@ -302,6 +309,13 @@ def parse_request(body, chat: bool, pipe: Pipeline, served: str) -> tuple[torch.
         "1 (lossless sampling draws from the whole distribution)",
     )
     _field(body, "n", int, 1, lambda v: v == 1, "1")
+    # refused, not ignored: each changes the distribution a row samples from, which the tree's verification would
+    # have to apply per path (or, for log-probabilities, report per token); not supported here
+    for name in ("presence_penalty", "frequency_penalty"):
+        _field(body, name, number, 0, lambda v: v == 0, "0 (penalties are not supported by this server)")
+    for name, off in (("logit_bias", {}), ("logprobs", False), ("top_logprobs", 0)):
+        if body.get(name) not in (None, off):
+            raise RequestError(f"'{name}' is not supported by this server; leave it out", name)
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop or []
     if not isinstance(stop, list) or len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
@@ -327,6 +341,10 @@ def parse_request(body, chat: bool, pipe: Pipeline, served: str) -> tuple[torch.
             "max_tokens",
             code="context_length_exceeded",
         )
+    try:  # a sliding-window model: exact only within its window (the decoder would refuse it later)
+        check_window(pipe.model, ids.shape[1] + max_tokens + room)
+    except ValueError as e:
+        raise RequestError(str(e), "max_tokens", code="context_length_exceeded") from None
     return (
         ids,
         sampling,
@@ -384,8 +402,8 @@ def build_app(
             body = json.loads(raw)
         except (ValueError, RecursionError) as e:  # bad JSON, nesting too deep, integers of 4,300+ digits
             return error(RequestError(f"the request body is not valid JSON ({str(e)[:200]})"))
-        try:
-            ids, sampling, opts = parse_request(body, chat, pipe, served)
+        try:  # in a worker thread: tokenising a long prompt must not hold up other requests (/health too)
+            ids, sampling, opts = await asyncio.to_thread(parse_request, body, chat, pipe, served)
         except RequestError as e:
             return error(e)
         except Exception as e:  # noqa: BLE001 - the chat template or the tokenizer refused the input
@@ -535,8 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def serve_forever(app, host: str, port: int) -> None:
-    """HTTP in a thread, the decode loop in the calling (main) thread, until SIGTERM / Ctrl-C: open streams get 3 s
+def serve_forever(app, host: str, port: int, sock=None) -> bool:
+    """HTTP (on ``sock`` when given: a socket bound by :func:`_listen`) in a thread, the decode loop in the calling
+    (main) thread, until SIGTERM / Ctrl-C -> whether the HTTP server had started. Open streams get 3 s
     to end (they held the exit for 19 s), then the decode loop stops. The decode loop runs in the main thread
     because the compiled steps' OpenMP team is ~3x slower started from another thread (a 1-row step measured 31–34 ms
     there vs 11–12 ms in the main thread: with a second team alive, libgomp throttles its spin-waiting)."""
@@ -551,7 +570,7 @@ def serve_forever(app, host: str, port: int) -> None:
 
     def http() -> None:
         try:
-            server.run()  # in a thread: uvicorn leaves the signals to the main thread
+            server.run(sockets=[sock] if sock is not None else None)  # in a thread: signals stay in main
         finally:
             engine.stop()  # the server is gone (or never started): the decode loop ends too
 
@@ -567,18 +586,26 @@ def serve_forever(app, host: str, port: int) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return server.started
 
 
-def _check_port(host: str, port: int) -> None:
+def _listen(host: str, port: int):
+    """The server's socket, bound now and held while the model loads (minutes): a busy port is an error before
+    anything loads, and no other process can take the port in the meantime."""
     import socket
 
     from .pipeline import PipelineError
 
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as e:
-            raise PipelineError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(
+        socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+    )  # as uvicorn binds: a port in TIME_WAIT is free
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise PipelineError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -598,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
             raise PipelineError("--max-batch must be >= 1")
         if args.max_queue < 0:
             raise PipelineError("--max-queue must be >= 0")
-        _check_port(args.host, args.port)  # before minutes of loading, and before saying "serving on"
+        sock = _listen(args.host, args.port)  # before minutes of loading, and before saying "serving on"
         cfg = DecodeConfig(tree=args.tree, node_budget=args.max_nodes if auto else int(args.node_budget),
                            drafter=args.drafter)  # fmt: skip
         pipe = load_pipeline(
@@ -619,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"serving {args.served_model_name or pipe.name} on http://{args.host}:{args.port}/v1 "
           f"(trees: {args.tree}, max batch {args.max_batch}, engine: {pipe.batch_engine_reason})",
           flush=True)  # fmt: skip
-    serve_forever(app, args.host, args.port)
+    if not serve_forever(app, args.host, args.port, sock):
+        fail(f"error: the HTTP server on {args.host}:{args.port} did not start (its log above says why)")
     print("server stopped", flush=True)
     return 0
 

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 import torch
 
 from ..cache import cache_root
-from ..model.backbone import forward_hidden, project, tree_attention_mask
-from .tree import dynamic_tree, tree_buffers
+from ..model.hardware import profile_key  # noqa: F401 (re-exported)
+from ..model.timing import MONOTONE_TOL, non_monotone, time_steps  # noqa: F401 (non_monotone: re-exported)
+from .tree import tree_buffers
 
 DEFAULT_SIZES = list(range(1, 17)) + list(range(20, 65, 4))  # tree sizes T (root included) measured
-MONOTONE_TOL = 0.3  # a bigger tree may be at most 30 % faster than a smaller one (timer noise, kernel choice)
 PLAIN_MARGIN = 1.05  # plain steps win ties against trees predicted less than 5 % faster
 WINDOW = 15  # observed/prior ratios kept per size class
 ANCHORS = (1, 2, 4, 8, 16, 32)  # tree sizes probed while decoding, fewest observations first
@@ -169,7 +169,8 @@ class LatencyProfile:
         """On the probe schedule: the anchor size up to ``limit`` (twice the chosen size: probes stay cheap, and a
         prior that is too pessimistic is walked back up one class at a time) observed least, else None."""
         forced, self.force_probe = self.force_probe, False
-        if not self.probe or (not forced and self.steps not in PROBE_STEPS and self.steps % 64):
+        # scheduled probes only where ``probe`` allows (not batches); a re-check's forced probe always
+        if not forced and (not self.probe or (self.steps not in PROBE_STEPS and self.steps % 64)):
             return None
         sizes = self.sizes.tolist()
         anchors = [sizes.index(a) for a in ANCHORS if a in sizes and a <= limit and (a > 1 or not forced)]
@@ -230,33 +231,6 @@ def _size_class(size: int) -> int:
     return max(int(size), 1).bit_length() - 1
 
 
-def non_monotone(sizes, seconds, tol: float = MONOTONE_TOL) -> tuple[int, int] | None:
-    """The first (smaller, bigger) pair of tree sizes where the bigger one is faster beyond ``tol``, else None."""
-    sec = [float(s) for s in seconds]
-    for j in range(1, len(sec)):
-        i = max(range(j), key=lambda a: sec[a])
-        if sec[j] < sec[i] * (1.0 - tol):
-            return int(sizes[i]), int(sizes[j])
-    return None
-
-
-def profile_key(model, device: str | torch.device) -> dict:
-    """Everything the verify latency depends on; a change in any of it means a new measurement."""
-    from ..model.hardware import cpu_flags
-
-    cfg = model.config.to_json_string(use_diff=False)
-    dev = torch.device(device)
-    return {
-        "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
-        "model_hash": hashlib.sha256(cfg.encode()).hexdigest()[:16],
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "device": str(dev),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cpu": cpu_flags() if dev.type == "cpu" else [],
-    }
-
-
 def _key_file(key: dict, cache_dir: str) -> str:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return os.path.join(cache_dir, f"latency-{digest}.json")
@@ -270,43 +244,12 @@ def measure_latency(
     tree of that size: the sizes interleaved within each repetition (a burst of load hits all sizes alike), the
     median of ``reps`` after a warm-up round. ``engine`` (batch 1): time that engine's steps (a compiled engine's
     real costs: a tree padded to its bucket costs the bucket)."""
-    from transformers import DynamicCache
-
     if engine is not None and engine.name != "eager":
         return _measure_engine_latency(engine, sizes, prefix_len, reps, batch)
-
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
-    vocab = lm_head.weight.shape[0]
-    g = torch.Generator().manual_seed(0)
-    prefix = torch.randint(0, vocab, (batch, prefix_len), generator=g).to(device)
-    cache = DynamicCache(config=model.config)
-    forward_hidden(decoder, prefix, cache, torch.arange(prefix_len, device=device).expand(batch, -1))
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    logp = torch.randn(4, 8, generator=g).log_softmax(-1).sort(descending=True).values.to(device)
-    steps = []
-    for T in sizes:
-        buf = tree_buffers(dynamic_tree(logp, T - 1))
-        mask = tree_attention_mask(buf.tree_mask, prefix_len, dtype)
-        pos = (buf.position_offsets + prefix_len)[None].expand(batch, -1)
-        ids = torch.randint(0, vocab, (batch, buf.tree_mask.shape[0]), generator=g).to(device)
-        steps.append((ids, pos, mask))
-    runs = [[] for _ in sizes]
-    for rep in range(reps + 1):  # round 0 warms up
-        for i, (ids, pos, mask) in enumerate(steps):
-            sync()
-            t0 = time.perf_counter()
-            hidden = forward_hidden(decoder, ids, cache, pos, mask)
-            project(model, lm_head, hidden).argmax(-1)
-            sync()
-            if rep:
-                runs[i].append(time.perf_counter() - t0)
-            for layer in cache.layers:  # drop the tree entries again
-                layer.crop(-ids.shape[1])
+    seconds = time_steps(model, sizes, prefix_len, reps, batch)
     return LatencyProfile(
         sizes=torch.tensor(list(sizes), dtype=torch.long),
-        seconds=torch.tensor([statistics.median(r) for r in runs], dtype=torch.float64),
+        seconds=torch.tensor(seconds, dtype=torch.float64),
         heads_seconds=0.0,
         key={},
     )

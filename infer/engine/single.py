@@ -419,7 +419,7 @@ def load_step(owner, Tb: int, rows: int | None):
 def package_folder(model, autotune: bool) -> str:
     """Where this model's compiled steps live: one folder per (model, weights, dtype, device, threads, torch, CPU)."""
     from ..cache import cache_root
-    from ..draft.budget import profile_key
+    from ..model.hardware import profile_key
 
     key = profile_key(model, next(model.parameters()).device) | {
         "autotune": autotune,
@@ -516,7 +516,7 @@ def _templates_compiled_once():
 # ------------------------------------------------------------------------------------------- choosing one
 def _record_path(model, buckets) -> tuple[str, dict]:
     from ..cache import cache_root
-    from ..draft.budget import profile_key
+    from ..model.hardware import profile_key
 
     key = profile_key(model, next(model.parameters()).device) | {
         "buckets": list(buckets),

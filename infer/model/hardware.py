@@ -41,6 +41,22 @@ def cpu_flags() -> list[str]:
     return out + [f"torch:{cap}"]
 
 
+def profile_key(model, device: str | torch.device) -> dict:
+    """Everything a step's latency depends on (the node budget's profiles, the compiled engine's packages and
+    records key on it); a change in any of it means a new measurement."""
+    cfg = model.config.to_json_string(use_diff=False)
+    dev = torch.device(device)
+    return {
+        "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        "model_hash": hashlib.sha256(cfg.encode()).hexdigest()[:16],
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu": cpu_flags() if dev.type == "cpu" else [],
+    }
+
+
 PURPOSES = ("decode", "train")
 
 
@@ -91,14 +107,14 @@ def choose_dtype(
             return getattr(torch, saved["dtype"]), saved["reason"] + " (cached)"
     if verbose:
         print("dtype auto: timing float32 and bfloat16 steps on this CPU (~10 s, once) ...", flush=True)
-    from ..draft.budget import measure_latency, non_monotone  # the step timer and its sanity check
+    from .timing import non_monotone, time_steps  # the step timer and its sanity check
 
     half = copy.deepcopy(model).to(torch.bfloat16)
     medians = {}
     for attempt in range(2):  # a 17-token step faster than a 1-token one means a busy machine: measure again
         for name, m in (("float32", model), ("bfloat16", half)):
-            medians[name] = measure_latency(m, STEP_SIZES, prefix_len=128, reps=5).seconds.tolist()
-        consistent = all(non_monotone(STEP_SIZES, torch.tensor(v)) is None for v in medians.values())
+            medians[name] = time_steps(m, STEP_SIZES, prefix_len=128, reps=5)
+        consistent = all(non_monotone(STEP_SIZES, v) is None for v in medians.values())
         if consistent:
             break
         if verbose and not attempt:

@@ -182,6 +182,16 @@ def test_heads_are_served_with_the_chat_template_they_were_trained_with(folders,
         add_generation_prompt=True,
     )
     assert pipe.encode(msgs)[0].tolist() == pipe.tokenizer(text, add_special_tokens=False).input_ids
+    # no template named (or heads without a recipe, e.g. FasterDecoding's): training's fallback, Vicuna's for a
+    # tokenizer named vicuna with no template of its own; any other such tokenizer is a clear error
+    (heads / "recipe.yaml").write_text(yaml.safe_dump({"data": {}}))
+    vicuna = tmp_path / "vicuna-7b-tiny"
+    shutil.copytree(model, vicuna)
+    pipe = load_pipeline(str(vicuna), str(heads), dtype="float32", auto_budget=False, verbose=False)
+    assert pipe.encode(msgs)[0].tolist() == pipe.tokenizer(text, add_special_tokens=False).input_ids
+    pipe = load_pipeline(str(model), str(heads), dtype="float32", auto_budget=False, verbose=False)
+    with pytest.raises(ValueError, match="no chat template.*--no-chat-template"):
+        pipe.encode(msgs)
     (heads / "recipe.yaml").write_text(yaml.safe_dump({"data": {"template": "no_such_template"}}))
     with pytest.raises(ValueError, match="data.template"):
         load_pipeline(str(model), str(heads), dtype="float32", auto_budget=False, verbose=False)

@@ -212,10 +212,18 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
         client.chat.completions.create(model=SERVED, messages=msg, max_tokens=10_000)
     assert e.value.body["code"] == "context_length_exceeded" and e.value.body["param"] == "max_tokens"
     for bad in ({"temperature": -1}, {"n": 2}, {"max_tokens": 0},
-                {"stop": ["a", "b", "c", "d", "e"]}, {"top_p": 0.5}):  # fmt: skip
+                {"stop": ["a", "b", "c", "d", "e"]}, {"top_p": 0.5},
+                # refused, not silently ignored: each would change the answer (or its report)
+                {"presence_penalty": 0.5}, {"frequency_penalty": -1}, {"logit_bias": {"5": 100}},
+                {"logprobs": True}, {"top_logprobs": 2}):  # fmt: skip
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model=SERVED, messages=msg, **bad)
         assert e.value.body["type"] == "invalid_request_error" and e.value.body["param"] in bad
+    for fine in ({"presence_penalty": 0}, {"logit_bias": {}}, {"logprobs": False}):  # OpenAI's defaults
+        assert client.chat.completions.create(model=SERVED, messages=msg, max_tokens=2, **fine).choices
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=SERVED, prompt="Hi", logprobs=2)
+    assert e.value.body["param"] == "logprobs"
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=SERVED, messages=[{"role": "robot", "content": "x"}])
     raw = httpx.post(
@@ -394,6 +402,27 @@ def test_a_busy_port_is_an_error_before_anything_loads(capsys):
     assert "serving on" not in capsys.readouterr().out
 
 
+def test_the_port_is_held_while_the_model_loads(monkeypatch):
+    """The port is bound before loading and kept: nothing can take it during the minutes a load may take."""
+    import infer.pipeline
+    from infer.serve import main
+
+    port, taken = free_port(), []
+
+    def load(*a, **k):  # while "loading": the port must already be ours
+        with socket.socket() as other:
+            try:
+                other.bind(("127.0.0.1", port))
+            except OSError:
+                taken.append(port)
+        raise infer.pipeline.PipelineError("stop here")
+
+    monkeypatch.setattr(infer.pipeline, "load_pipeline", load)
+    with pytest.raises(SystemExit):
+        main(["--port", str(port)])
+    assert taken == [port]
+
+
 def test_a_server_with_the_context_drafter_answers_like_plain_decoding(folders):
     """--drafter context: no heads; each row drafts from its own context; greedy answers equal plain decoding."""
     from infer.serve import build_app
@@ -550,7 +579,7 @@ def test_serve_forever_decodes_in_the_main_thread_and_stops_on_sigterm(folders):
     import os
     import signal
 
-    from infer.serve import build_app, serve_forever
+    from infer.serve import _listen, build_app, serve_forever
 
     pipe = load_pipeline(str(folders / "model"), str(folders / "heads"), dtype="float32",
                          config=DecodeConfig(node_budget=7, top_m=4), auto_budget=False, verbose=False)  # fmt: skip
@@ -583,8 +612,75 @@ def test_serve_forever_decodes_in_the_main_thread_and_stops_on_sigterm(folders):
     before = signal.getsignal(signal.SIGTERM)
     helper = threading.Thread(target=client_then_sigterm, daemon=True)
     helper.start()
-    serve_forever(app, "127.0.0.1", port)
+    assert serve_forever(app, "127.0.0.1", port, _listen("127.0.0.1", port))  # the socket main binds first
     helper.join(timeout=30)
     assert out["reply"] == expected(pipe, "Hi", 12)
     assert decoders == [threading.main_thread()] and app.state.engine.stopped
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_refusing_chat_template_and_a_window_overflow_are_400s(server, monkeypatch):
+    """A chat template that raises for the messages, and a prompt + max_tokens past a sliding window (the decoder
+    would refuse it only after admission): both are the client's 400, and the server goes on serving."""
+    client, pipe = server["client"], server["pipe"]
+    refusing = "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}" \
+               "{% endif %}{{ m['content'] }}{% endfor %}"  # fmt: skip
+    monkeypatch.setattr(pipe, "template", refusing)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=SERVED, messages=[{"role": "system", "content": "x"}, {"role": "user", "content": "Hi"}]
+        )
+    assert "no system role" in e.value.body["message"]
+    monkeypatch.undo()
+    monkeypatch.setattr(pipe.model.config, "sliding_window", 24, raising=False)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=SERVED, messages=[{"role": "user", "content": "Hi"}], max_tokens=40
+        )
+    assert e.value.body["code"] == "context_length_exceeded" and "sliding window" in e.value.body["message"]
+    monkeypatch.undo()
+    assert client.chat.completions.create(
+        model=SERVED, messages=[{"role": "user", "content": "Hi"}], max_tokens=40
+    ).choices
+
+
+def test_a_slow_prompt_to_encode_does_not_hold_up_health(server, monkeypatch):
+    """Tokenising runs off the event loop: while one request's prompt takes 2 s to encode, /health answers at once."""
+    pipe, url = server["pipe"], server["url"]
+    encode = pipe.encode
+
+    def slow_encode(*a, **k):
+        time.sleep(2.0)
+        return encode(*a, **k)
+
+    monkeypatch.setattr(pipe, "encode", slow_encode)
+    body = {"model": SERVED, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    slow = threading.Thread(target=httpx.post, args=(url + "/v1/chat/completions",), kwargs={"json": body,
+                                                                                          "timeout": 30})  # fmt: skip
+    slow.start()
+    time.sleep(0.3)  # the slow request is encoding now
+    t0 = time.perf_counter()
+    assert httpx.get(url + "/health", timeout=10).status_code == 200
+    waited = time.perf_counter() - t0
+    slow.join()
+    assert waited < 1.0, f"/health waited {waited:.1f} s behind a prompt being encoded"
+
+
+def test_every_batch_size_is_measured_before_serving(folders, monkeypatch):
+    """The batch latency profiles (1, 2, 4, 8 rows for --max-batch 8) are measured when the server starts, not on the
+    decode thread the first time a batch of a new size steps (that stalled every row for seconds)."""
+    from infer.draft import budget
+    from infer.serve import build_app
+
+    monkeypatch.setenv("MEDUSA_CACHE", str(folders / "cache-profiles"))
+    pipe = load_pipeline(
+        str(folders / "model"), str(folders / "heads"), dtype="float32", auto_budget=True, verbose=False,
+        config=DecodeConfig(top_m=4),
+    )  # fmt: skip
+    measured = []
+    real = budget.load_or_measure
+    monkeypatch.setattr(
+        budget, "load_or_measure", lambda *a, **k: measured.append(k["batch"]) or real(*a, **k)
+    )
+    app = build_app(pipe, SERVED, max_batch=8, decode_thread=False)
+    assert sorted(measured) == [2, 4, 8] and set(app.state.engine.decoder.latency.profiles) >= {1, 2, 4, 8}

@@ -57,6 +57,7 @@ def test_a_batch_that_stopped_drafting_rechecks_with_a_probe():
         seconds=torch.tensor([0.05, 0.10, 0.20, 0.40], dtype=torch.float64),
         heads_seconds=0.002,
         key={},
+        probe=False,  # as BatchLatency gives a batch: no scheduled probes, only the re-check's
     )
     decisions = [prof.may_draft(batch=2, depth=4) for _ in range(4 * UNPAID_RECHECK)]
     assert decisions.count(True) == 2 and decisions.index(True) == 2 * UNPAID_RECHECK - 1
