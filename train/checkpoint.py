@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from contextlib import nullcontext
 
+from safetensors import SafetensorError
+
 
 def is_deepspeed(accelerator):
     return getattr(accelerator.state, "deepspeed_plugin", None) is not None
@@ -49,14 +51,43 @@ class CheckpointWriteError(RuntimeError):
 
 
 MIN_FREE = 64 * 2**20  # bytes: less free space than this after a failed write means the disk is full
+# torch.save on a full disk: its zip writer's messages (no errno survives them)
+TORCH_WRITE_FAILED = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
+# what a failed write raises: OSError (open, json), RuntimeError (torch.save) and safetensors' SafetensorError,
+# which is neither ("Error while serializing: I/O error: No space left on device (os error 28)")
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+
+
+def write_errno(error: BaseException) -> int | None:
+    """The errno of a failed write: an OSError's own, or the "(os error N)" safetensors' message ends with."""
+    if isinstance(error, OSError):
+        return error.errno
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    return int(found.group(1)) if found else None
+
+
+def as_write_error(error: BaseException, path: str) -> OSError | None:
+    """A failed file write as an OSError (errno, its text, ``path``), or None when ``error`` is not one: an OSError
+    as it is; safetensors' I/O errors ("(os error N)") and torch.save's zip-writer errors (no errno: ENOSPC, what
+    they mean in practice, said as a guess) turned into one."""
+    if isinstance(error, OSError):
+        return error
+    code = write_errno(error)
+    if code is not None:
+        return OSError(code, os.strerror(code), path)
+    if any(s in str(error) for s in TORCH_WRITE_FAILED):
+        said = " ".join(str(error).split())[:200]
+        return OSError(errno.ENOSPC, f"the write failed, most likely a full disk (torch.save: {said})", path)
+    return None
 
 
 def disk_full(error: BaseException, folder: str) -> bool:
-    """Whether a write failed for lack of space: ENOSPC, torch's zip writer's "unexpected pos" (what a full disk
-    looks like through torch.save), or next to no free space left on ``folder``'s filesystem."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+    """Whether a write failed for lack of space: ENOSPC (an OSError's, or in safetensors' message), torch's zip
+    writer's "unexpected pos" (what a full disk looks like through torch.save), or next to no free space left on
+    ``folder``'s filesystem."""
+    if write_errno(error) in (errno.ENOSPC, errno.EDQUOT):
         return True
-    if any(s in str(error) for s in ("unexpected pos", "No space left", "PytorchStreamWriter failed")):
+    if any(s in str(error) for s in ("No space left", *TORCH_WRITE_FAILED)):
         return True
     try:
         return shutil.disk_usage(folder).free < MIN_FREE
@@ -64,43 +95,58 @@ def disk_full(error: BaseException, folder: str) -> bool:
         return False
 
 
+def write_failure(error: BaseException, folder: str) -> str:
+    """Why a write into ``folder`` failed, in one line: "the disk is full (No space left on device, errno 28)",
+    "the write failed (File too large, errno 27: PATH)", or the error's own words when it has no errno."""
+    code = write_errno(error)
+    if code:
+        detail = f"{os.strerror(code)}, errno {code}"
+    else:
+        detail = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+    if getattr(error, "filename", None):
+        detail += f": {error.filename}"
+    return f"the disk is full ({detail})" if disk_full(error, folder) else f"the write failed ({detail})"
+
+
 def save_checkpoint(accelerator, model, cfg, name, trainer_state, metrics, with_state):
     """All processes call this. Writes output_dir/name.tmp, then renames it; prunes old checkpoint-* folders.
-    A failed write removes the half-written folder and raises :class:`CheckpointWriteError`; when ``final`` fails,
-    the trained heads alone (no optimizer state: much smaller) are rescued first, beside it or in the temp folder."""
+    A failed write (a full disk) removes the half-written folder and raises :class:`CheckpointWriteError`, after
+    rescuing the trained heads alone (no optimizer state: much smaller) beside it or in the temp folder."""
     out_dir = cfg.output.output_dir
     try:
         return _save(accelerator, model, cfg, name, trainer_state, metrics, with_state)
-    except (OSError, RuntimeError) as e:
+    except WRITE_ERRORS as e:
         if accelerator.is_main_process:
             shutil.rmtree(os.path.join(out_dir, name + ".tmp"), ignore_errors=True)
-        why = "the disk is full" if disk_full(e, out_dir) else f"{type(e).__name__}: {e}"
+        why = write_failure(e, out_dir)
         kept = "the previous checkpoints are untouched"
-        if name == "final" and accelerator.is_main_process:
-            rescued = _rescue_heads(accelerator, model, out_dir, trainer_state.get("run_id") or "run")
-            kept = (
+        if accelerator.is_main_process:
+            rescued = _rescue_heads(accelerator, model, out_dir, name, trainer_state.get("run_id") or "run")
+            heads = (
                 f"the trained heads were saved to {rescued}"
                 if rescued
                 else "the heads could not be saved anywhere"
             )
+            kept = heads if name == "final" else f"{kept}; {heads}"
         raise CheckpointWriteError(
             f"could not write {os.path.join(out_dir, name)}: {why}; {kept}. Free some space and run the same command "
             "again (output.resume=auto continues from the last complete checkpoint)"
         ) from e
 
 
-def _rescue_heads(accelerator, model, out_dir: str, run_id: str) -> str | None:
-    """The heads alone (config.json + model.safetensors), where they fit: beside the output, else the temp folder."""
+def _rescue_heads(accelerator, model, out_dir: str, name: str, run_id: str) -> str | None:
+    """The heads alone (config.json + model.safetensors), where they fit: beside the output
+    (``{name}-heads-rescued``), else the temp folder; a folder that could not be written is removed."""
     heads = accelerator.unwrap_model(model).heads
     for folder in (
-        os.path.join(out_dir, "final-heads-rescued"),
-        os.path.join(tempfile.gettempdir(), f"heads-{run_id}"),
+        os.path.join(out_dir, f"{name}-heads-rescued"),
+        os.path.join(tempfile.gettempdir(), f"heads-{run_id}-{name}"),
     ):
         try:
             shutil.rmtree(folder, ignore_errors=True)
             heads.save_pretrained(folder)
             return folder
-        except (OSError, RuntimeError):
+        except WRITE_ERRORS:
             shutil.rmtree(folder, ignore_errors=True)
     return None
 

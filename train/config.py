@@ -243,8 +243,9 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, path: str, overrides: list[str] | None = None) -> Recipe:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+        """A recipe file; a file that is not UTF-8 text, not YAML or does not fit the schema is a RecipeError
+        naming it (and, for YAML, the line and column)."""
+        raw = _read_yaml(path)
         if raw is not None and not isinstance(raw, dict):
             raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
         raw = apply_overrides(raw or {}, overrides or [])
@@ -259,6 +260,47 @@ class Recipe:
     def to_yaml(self, header: str | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=110)
         return (f"# {header}\n" if header else "") + text
+
+
+def _read_yaml(path: str) -> Any:
+    """A YAML file's content; RecipeError (one line, naming the file) for one that cannot be read, is not UTF-8
+    text or is not YAML (with the line and column of the problem)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read it ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise RecipeError(
+            f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at line {line}, column {column}); save it as UTF-8"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line, its place first: "line 2, column 5: expected ',' or ']', but got ':' (while
+    parsing a flow sequence that starts at line 1, column 8)"."""
+    if not isinstance(error, yaml.MarkedYAMLError):
+        return " ".join(str(error).split())
+    mark = error.problem_mark or error.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    said = " ".join((error.problem or error.context or "invalid YAML").split())
+    if error.context and error.problem:
+        since = error.context_mark
+        at = (
+            f" that starts at line {since.line + 1}, column {since.column + 1}"
+            if since and since != mark
+            else ""
+        )
+        said += f" ({' '.join(error.context.split())}{at})"
+    return where + said
 
 
 def _choice(name: str, value: str, choices: tuple) -> None:
@@ -416,12 +458,7 @@ def read_saved_recipe(folder: str) -> Recipe | None:
     path = os.path.join(folder, RECIPE_FILE) if os.path.isdir(folder) else folder
     if not os.path.isfile(path):
         return None
-    try:
-        return Recipe.from_yaml(path)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML ({e})") from None
-    except UnicodeDecodeError as e:
-        raise RecipeError(f"{path}: not UTF-8 text ({e})") from None
+    return Recipe.from_yaml(path)
 
 
 def load_recipe(path: str, overrides: list[str] | None = None) -> Recipe:

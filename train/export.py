@@ -87,6 +87,7 @@ from infer.draft.heads_formats import (
     original_files,
     vllm_files,
 )
+from train.checkpoint import WRITE_ERRORS, as_write_error
 
 FORMATS = ("vllm", "tgi", "trtllm", "medusa1")
 STATIC_TREE_NODES = 16  # the static tree infer.generate uses under --node-budget auto
@@ -419,12 +420,13 @@ def _write(out: str, files: dict[str, object], force: bool) -> None:
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.", suffix=".tmp", dir=parent)
+    target = out  # the file being written, as the export would hold it (named when the write fails)
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
         for name, content in files.items():
-            path = os.path.join(tmp, name)
+            path, target = os.path.join(tmp, name), os.path.join(out, name)
             if isinstance(content, str):
                 with open(path, "w") as f:
                     f.write(content)
@@ -437,8 +439,11 @@ def _write(out: str, files: dict[str, object], force: bool) -> None:
             else:
                 save_file(content, path, metadata={"format": "pt"})
             os.chmod(path, 0o666 & ~umask)  # readable by a server running as another user (not 0600)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        failed = as_write_error(e, target) if isinstance(e, WRITE_ERRORS) else None
+        if failed is not None and failed is not e:  # safetensors' or torch.save's I/O error: an OSError
+            raise failed from e
         raise
     old = None
     try:
@@ -587,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
-    except OSError as e:  # a read-only folder, a full disk: nothing was left behind (_write cleans up)
+    except OSError as e:  # a read-only folder, a full disk (_write's OSError): nothing was left behind
         where = e.filename or args.out
         print(f"error: cannot write the export to {args.out!r}: {e.strerror or e} ({where})", file=sys.stderr)
         return 2

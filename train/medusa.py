@@ -179,7 +179,7 @@ def main(argv=None):
     try:
         stopped = train_loop(run)
         return finish(run, stopped)
-    except CheckpointWriteError as e:  # a full disk: said plainly, the heads rescued when final/ failed
+    except CheckpointWriteError as e:  # a full disk: said plainly, the heads rescued (final/ or a checkpoint)
         if run.release is not None:
             run.release()
         fail(e)
@@ -188,7 +188,8 @@ def main(argv=None):
 # ----------------------------------------------------------------------------- setup
 def parse_recipe(argv=None):
     """Command line -> (recipe, its path, --dry-run), after every check that needs no model: data files, the model
-    id, the output folder, the Hub repo id. A problem ends here with a usage error."""
+    id, the output folder, the Hub repo id. A problem ends here with status 2: a recipe that cannot be read or does
+    not fit the schema as one line ``error: ...``, the other checks as a usage error."""
     parser = argparse.ArgumentParser(description="Train Medusa heads from a YAML recipe.")
     parser.add_argument("recipe", help="recipes/<name>.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 max_steps=100")
@@ -196,8 +197,8 @@ def parse_recipe(argv=None):
     args = parser.parse_args(argv)
     try:
         cfg = load_recipe(args.recipe, args.overrides)
-    except RecipeError as e:
-        parser.error(str(e))
+    except RecipeError as e:  # the file (not UTF-8, not YAML, off the schema) or an override
+        fail(e)  # one line "error: ...", status 2
     missing = [
         f"{key}: {path}"
         for key, path in (

@@ -155,6 +155,33 @@ def test_missing_data_and_recipe_files_fail_before_any_model_loads(tmp_path, cap
         assert "recipe" in capsys.readouterr().err
 
 
+def test_a_recipe_that_is_not_yaml_or_not_utf8_is_one_error_line(tmp_path, capsys):
+    """The file named, with where the problem is: one ``error:`` line and status 2 (it printed a traceback)."""
+    from infer.cli import EXIT_ERROR
+    from train.config import read_saved_recipe
+    from train.medusa import main
+
+    (tmp_path / "notyaml.yaml").write_text("train: [1, 2\n  lr: {a: b\n")
+    (tmp_path / "notutf8.yaml").write_bytes(b"train:\n  lr: \xff\xfe3e-4\n")
+    cases = {
+        "notyaml.yaml": r"notyaml.yaml: not valid YAML \(line 2, column 5: expected ',' or ']', but got ':' "
+        r"\(while parsing a flow sequence that starts at line 1, column 8\)\)",
+        "notutf8.yaml": r"notutf8.yaml: not UTF-8 text \(byte 0xff at line 2, column 7\)",
+    }
+    for name, words in cases.items():
+        path = str(tmp_path / name)
+        with pytest.raises(RecipeError, match=words):
+            load_recipe(path)
+        with pytest.raises(RecipeError, match=words):  # a checkpoint's recipe.yaml: the same words
+            read_saved_recipe(path)
+        with pytest.raises(SystemExit) as e:
+            main([path, "--dry-run"])
+        err = capsys.readouterr().err
+        assert (
+            e.value.code == EXIT_ERROR and err.startswith(f"error: {path}: not ") and err.count("\n") == 1
+        ), err
+
+
 def test_dry_run_checks_the_model_and_output_folders(tmp_path, capsys, monkeypatch):
     """--dry-run (and every run) refuses a base model that is neither a folder nor a Hub id it can confirm, an
     output_dir that is a file and a resume path that does not exist, before anything loads."""

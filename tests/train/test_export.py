@@ -385,6 +385,13 @@ def test_existing_out_is_refused_unless_force(tmp_path, base):
 
 
 def test_a_failed_write_leaves_nothing(tmp_path, base, monkeypatch, capsys):
+    """A full disk, as safetensors reports it (a SafetensorError, neither an OSError nor a RuntimeError): an OSError
+    naming the file, the previous export untouched, nothing half-written; the CLI says so in one line, status 2."""
+    import errno
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
     import train.export
 
     _heads(tmp_path / "heads", base[0], "own_lm_head")
@@ -392,18 +399,56 @@ def test_a_failed_write_leaves_nothing(tmp_path, base, monkeypatch, capsys):
     before = sorted(os.listdir(tmp_path / "out"))
 
     def disk_full(*args, **kwargs):
-        raise OSError("No space left on device")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(train.export, "save_file", disk_full)
-    with pytest.raises(OSError, match="No space"):
+    monkeypatch.setattr(safetensors.torch, "serialize_file", disk_full)
+    with pytest.raises(OSError, match="No space left on device") as failed:
         export_heads(str(tmp_path / "heads"), "tgi", str(tmp_path / "out"), force=True)
+    assert failed.value.errno == errno.ENOSPC
+    assert failed.value.filename == str(tmp_path / "out" / "medusa_lm_head.safetensors")
     assert sorted(os.listdir(tmp_path / "out")) == before  # the previous export is untouched
     assert sorted(os.listdir(tmp_path)) == ["heads", "out"]
     # the command line says so in one line (it printed a traceback)
     code = train.export.main(
-        [str(tmp_path / "heads"), "--format", "tgi", "--out", str(tmp_path / "out"), "--force"]
+        [str(tmp_path / "heads"), "--format", "tgi", "--out", str(tmp_path / "new"), "--force"]
     )
-    assert code == 2 and "error: cannot write the export" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: cannot write the export") and err.count("\n") == 1, err
+    assert "No space left on device" in err and sorted(os.listdir(tmp_path)) == ["heads", "out"]
+
+
+EXPORT_UNDER_A_LIMIT = """
+import resource, signal, sys
+import train.export
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))  # the weights file is larger
+sys.exit(train.export.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_real_write_failure_is_one_line(tmp_path, base):
+    """A real failed write (a file-size limit: EFBIG, through safetensors' Rust writer and torch.save as ENOSPC
+    would be): exit status 2, one ``error:`` line naming the file, nothing left behind."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
+    _heads(tmp_path / "heads", base[0], "own_lm_head", L=1)  # medusa1 takes one block per head
+    for fmt, weights in (
+        ("tgi", TGI_WEIGHTS_FILE),
+        ("medusa1", MEDUSA1_WEIGHTS_FILE),
+    ):  # safetensors, torch.save
+        cmd = [sys.executable, "-c", EXPORT_UNDER_A_LIMIT, str(tmp_path / "heads"), "--format", fmt]
+        cmd += ["--out", str(tmp_path / "out")]
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        errors = [line for line in proc.stderr.splitlines() if not line.startswith("warning: ")]
+        assert len(errors) == 1 and errors[0].startswith("error: cannot write the export"), proc.stderr
+        assert str(tmp_path / "out" / weights) in errors[0], errors[0]
+        assert sorted(os.listdir(tmp_path)) == ["heads"]
 
 
 def test_a_token_map_export_exports_again(tmp_path, base):

@@ -139,7 +139,10 @@ def test_sequential_heads_greedy_tree_decoding_equals_plain_generate(seq_oracle,
         predicted.extend(out.predicted)
     assert sum(accepted) / len(accepted) > 1.5
     assert min(accepted) <= (cfg.depth or heads.num_heads)  # some drafts were rejected
-    assert all(1.0 <= p <= 1.0 + cfg.node_budget for p in predicted)
+    # what each tree predicted it would add (the sum of its paths' probabilities) tracks the drafts greedy
+    # verification accepted, over all steps (0.82-0.93 of them measured on the tiny families; a constant fails)
+    drafted = sum(p - 1.0 for p in predicted) / sum(a - 1 for a in accepted)
+    assert 1 / 1.5 < drafted < 1.5, f"{family}: predicted {drafted:.2f}x the accepted drafts"
 
 
 def test_sequential_heads_read_the_path(seq_oracle):

@@ -93,7 +93,9 @@ def test_context_drafting_is_lossless(family):
         out = generate(model, repeated, None, DecodeConfig(drafter="context", max_new_tokens=NEW), eos=set())
         assert out.tokens == plain.tokens, f"{family}: context drafting diverged from plain greedy decoding"
         chains += sum(size > 1 for size in out.tree_sizes)
-        assert out.tokens_per_step >= 1.0
+        assert max(out.accept_lengths) > 1, (
+            f"{family}: no lookup was accepted although the answer is in the context"
+        )
     assert chains >= 6  # chains were proposed and verified
 
 
