@@ -123,7 +123,28 @@ class Job:
         self._send(("done", None))
 
     def _send(self, event) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the HTTP side's loop is closed (the server is stopping): nobody is listening
+            self.cancelled = True  # the decode loop drops the row at the next step
+
+
+def greedy_determinism(model, engine) -> str:
+    """Whether a greedy answer depends only on its request on this model and batched engine, in a few words."""
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    if dtype == "float32":
+        return "greedy answers depend only on the request (float32)"
+    config = getattr(model.config, "get_text_config", lambda: model.config)()
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    soft = getattr(config, "attn_logit_softcapping", None)
+    if getattr(engine, "kernel", None) and head_dim in (64, 128, 256) and not soft:
+        return (
+            f"greedy answers depend only on the request ({dtype}: our batch-invariant kernels in every step)"
+        )
+    return (
+        f"greedy answers may change with load ({dtype} on the {engine.name} engine: near-ties can flip); "
+        "--deterministic (float32), or --engine compiled on a CPU with AVX512-BF16, makes them the request's own"
+    )
 
 
 class Engine:
@@ -148,6 +169,7 @@ class Engine:
             else None
         )
         self.decoder = BatchDecoder(pipe.model, pipe.heads if trees else None, cfg, pipe.eos, latency, engine)
+        self.determinism = greedy_determinism(pipe.model, engine)
         if latency is not None:  # every batch size's profile now (cached on disk): measured on the decode
             # thread while rows decode, a new batch size's first step would stall every row for seconds
             for i in range(
@@ -644,8 +666,8 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(pipe, args.served_model_name, trees=args.tree != "none", max_batch=args.max_batch,
                     max_queue=args.max_queue, decode_thread=False)  # fmt: skip
     print(f"serving {args.served_model_name or pipe.name} on http://{args.host}:{args.port}/v1 "
-          f"(trees: {args.tree}, max batch {args.max_batch}, engine: {pipe.batch_engine_reason})",
-          flush=True)  # fmt: skip
+          f"(trees: {args.tree}, max batch {args.max_batch}, engine: {pipe.batch_engine_reason}; "
+          f"{app.state.engine.determinism})", flush=True)  # fmt: skip
     if not serve_forever(app, args.host, args.port, sock):
         fail(f"error: the HTTP server on {args.host}:{args.port} did not start (its log above says why)")
     print("server stopped", flush=True)

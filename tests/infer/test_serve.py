@@ -20,6 +20,7 @@ import httpx  # noqa: E402
 
 from infer.decode.single import DecodeConfig  # noqa: E402
 from infer.pipeline import load_pipeline  # noqa: E402
+from tests.tiny import tiny_model  # noqa: E402
 
 SERVED = "tiny-medusa"
 QUESTIONS = [
@@ -684,3 +685,70 @@ def test_every_batch_size_is_measured_before_serving(folders, monkeypatch):
     )
     app = build_app(pipe, SERVED, max_batch=8, decode_thread=False)
     assert sorted(measured) == [2, 4, 8] and set(app.state.engine.decoder.latency.profiles) >= {1, 2, 4, 8}
+
+
+def test_the_server_says_whether_greedy_answers_are_the_requests_own():
+    """The start-up line says whether a greedy answer depends only on its request: float32 always; bf16 where our
+    batch-invariant kernels run every step (head_dim 64 here); else it names the two ways to get there."""
+    from types import SimpleNamespace
+
+    from infer.serve import greedy_determinism
+
+    model = tiny_model("llama", hidden_size=256)  # 4 heads: head_dim 64
+    assert "depend only on the request (float32)" in greedy_determinism(model, SimpleNamespace(name="eager"))
+    model = model.to(torch.bfloat16)
+    eager = greedy_determinism(model, SimpleNamespace(name="eager"))
+    assert "may change with load" in eager and "--deterministic" in eager and "--engine compiled" in eager
+    ours = SimpleNamespace(name="compiled", kernel="bf16-v5")
+    assert "depend only on the request (bfloat16" in greedy_determinism(model, ours)
+    model.config.attn_logit_softcapping = 50.0  # soft-capped attention: not our kernel's
+    assert "may change" in greedy_determinism(model, ours)
+
+
+def test_sigterm_during_a_stream_stops_the_server_within_seconds(folders):
+    """SIGTERM while a client is mid-stream (each step slowed so the answer would take ~20 s): the server gives the
+    stream its 3 s, then stops (it used to wait for the stream to end: 19 s)."""
+    import os
+    import signal
+
+    from infer.serve import _listen, build_app, serve_forever
+
+    pipe = load_pipeline(str(folders / "model"), str(folders / "heads"), dtype="float32",
+                         config=DecodeConfig(node_budget=7, top_m=4), auto_budget=False, verbose=False)  # fmt: skip
+    app = build_app(pipe, SERVED, max_batch=2, decode_thread=False)
+    step = app.state.engine.decoder.step
+
+    def slow_step():
+        time.sleep(0.15)
+        return step()
+
+    app.state.engine.decoder.step = slow_step
+    port, chunks, sent = free_port(), [], {}
+
+    def streaming_client_then_sigterm():
+        try:
+            for _ in range(200):
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+            stream = client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": "Hi"}],
+                                                    max_tokens=120, stream=True)  # fmt: skip
+            for chunk in stream:
+                chunks.append(chunk)
+                if len(chunks) == 3:
+                    sent["at"] = time.perf_counter()
+                    os.kill(os.getpid(), signal.SIGTERM)
+        except Exception:  # noqa: BLE001 - the server going away mid-stream is expected
+            pass
+
+    helper = threading.Thread(target=streaming_client_then_sigterm, daemon=True)
+    helper.start()
+    assert serve_forever(app, "127.0.0.1", port, _listen("127.0.0.1", port))
+    stopped = time.perf_counter() - sent["at"]
+    helper.join(timeout=10)
+    assert len(chunks) < 100, "the stream ran to its end: SIGTERM did not stop it"
+    assert stopped < 8.0, f"the server took {stopped:.1f} s to stop after SIGTERM during a stream"
+    assert app.state.engine.stopped
