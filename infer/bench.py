@@ -398,6 +398,38 @@ def print_table(dtype: str, label: str, rows: dict) -> None:
         )
 
 
+def prompt_categories(path: str, n: int, split: str | None) -> list[str | None]:
+    """The "category" of each of the first ``n`` prompts :func:`read_prompts` returns from ``path`` (None where a
+    record has none, or for a plain text file)."""
+    if not path.endswith(".jsonl"):
+        return [None] * n
+    cats = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line) if line.strip() else None
+            if rec is not None and (split is None or rec.get("split") == split):
+                cats.append(rec.get("category"))
+    return (cats + [None] * n)[:n]
+
+
+def print_categories(by_category: dict) -> None:
+    """Per prompt category: each mode's tokens/s over our plain loop's and over transformers' prompt lookup (where
+    both ran), its tokens/step and the prediction's error."""
+    print("\n## by category: tok/s, x our plain, x transformers' prompt lookup, tok/step, predicted error")
+    for cat, rows in by_category.items():
+        base = rows.get("plain", {}).get("tokens_per_s")
+        pl = rows.get("hf-prompt-lookup", {}).get("tokens_per_s")
+        cells = []
+        for m, r in rows.items():
+            if m in ("plain", "hf-prompt-lookup"):
+                continue
+            tps, pred = r["tokens_per_step"], r["predicted_tokens_per_step"]
+            err = f" {100 * (pred / tps - 1):+.0f}%" if pred and tps else ""
+            vs = "/".join(f"{r['tokens_per_s'] / b:.2f}x" if b else "-" for b in (base, pl))
+            cells.append(f"{m} {r['tokens_per_s']:.1f} ({vs}, {tps or 1:.2f}{err})")
+        print(f"{cat}: plain {base or 0:.1f}, prompt lookup {pl or 0:.1f}; " + "; ".join(cells))
+
+
 def plot(summaries: list[dict], path: str) -> None:
     """Bars of speedup and tokens/step per mode and dtype, and the acceptance-length histogram of each mode."""
     import matplotlib
@@ -493,6 +525,8 @@ def _bench(args, out) -> int:
         for m, peer in peers.items():
             print(f"# {m}: {json.dumps(peer.version)}", flush=True)
         totals = {m: Totals() for m in [*modes, *peers]}
+        categories = prompt_categories(args.prompts, len(convs), args.split)
+        by_category = {c: {m: Totals() for m in totals} for c in dict.fromkeys(categories[args.warmup :])}
         for i, turns in enumerate(convs):
             ids = encode(
                 tokenizer, [{"role": "user", "content": turns[0]}], tokenizer.chat_template is not None
@@ -510,6 +544,8 @@ def _bench(args, out) -> int:
             for m, r in results.items():
                 same = ref is None or r.tokens == ref.tokens
                 totals[m].add(r, same)
+                if len(by_category) > 1:
+                    by_category[categories[i]][m].add(r, same)
                 line[m] = {
                     "new_tokens": len(r.tokens),
                     "tokens_per_step": round(r.tokens_per_step, 3) if r.steps else None,
@@ -526,6 +562,9 @@ def _bench(args, out) -> int:
         rows = {m: t.row() for m, t in totals.items()}
         print_table(dtype, label, rows)
         summary = {"summary": dtype, "heads": label, "modes": rows, "cpu": cpu_flags()}
+        if len(by_category) > 1:
+            summary["by_category"] = {c: {m: t.row() for m, t in ts.items()} for c, ts in by_category.items()}
+            print_categories(summary["by_category"])
         summaries.append(summary)
         if out:
             out.write(json.dumps(summary) + "\n")

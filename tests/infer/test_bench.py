@@ -6,7 +6,10 @@ from infer import bench
 def test_bench_runs_all_modes_side_by_side(folders, calibrated_heads, tmp_path, capsys):
     heads = calibrated_heads
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text("\n".join(json.dumps({"turns": [f"question {i}"]}) for i in range(3)) + "\n")
+    cats = ["warm", "sum", "qa"]  # the first prompt warms up
+    prompts.write_text(
+        "\n".join(json.dumps({"turns": [f"question {i}"], "category": c}) for i, c in enumerate(cats))
+    )
     out = tmp_path / "b.jsonl"
     argv = [
         "--model",
@@ -43,3 +46,6 @@ def test_bench_runs_all_modes_side_by_side(folders, calibrated_heads, tmp_path, 
     assert all(r["identical"] == "2/2" for r in summary.values())  # greedy: every mode equals plain
     assert summary["hf-generate"]["tokens_per_step"] is None and summary["plain"]["tokens_per_step"] == 1.0
     assert (tmp_path / "b.png").stat().st_size > 1000
+    by_cat = lines[-1]["by_category"]  # one table per prompt category, the warm-up's left out
+    assert list(by_cat) == ["sum", "qa"] and all(by_cat[c]["plain"]["identical"] == "1/1" for c in by_cat)
+    assert "## by category" in text and "qa: plain" in text

@@ -41,6 +41,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_until_up(port: int) -> None:
+    """Until the server on ``port`` answers /health (at most ~10 s)."""
+    for _ in range(200):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def serving(app):
     """Run ``app`` on a free port in a thread -> an openai client of it; stopped (server and decode thread) after."""
@@ -598,12 +608,7 @@ def test_serve_forever_decodes_in_the_main_thread_and_stops_on_sigterm(folders):
     def client_then_sigterm():
         try:
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=3)
-            for _ in range(200):
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.05)
+            _wait_until_up(port)
             r = client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": "Hi"}],
                                                max_tokens=12)  # fmt: skip
             out["reply"] = r.choices[0].message.content
@@ -727,12 +732,7 @@ def test_sigterm_during_a_stream_stops_the_server_within_seconds(folders):
 
     def streaming_client_then_sigterm():
         try:
-            for _ in range(200):
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.05)
+            _wait_until_up(port)
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
             stream = client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": "Hi"}],
                                                     max_tokens=120, stream=True)  # fmt: skip
