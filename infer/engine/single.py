@@ -283,6 +283,12 @@ class CompiledEngine:
         if backend == "inductor":  # traced lazily at the first call: the model keeps eager attention
             _set_step_attention(model)
         self.module = StepModule(model).eval()
+        if (
+            backend == "aoti"
+        ):  # the missing packages built side by side where cores allow (infer/engine/builds.py)
+            from .builds import build_in_parallel
+
+            build_in_parallel(self, [(b, 1) for b in self.buckets])
         self.steps = {b: self._load_or_build(b) for b in self.buckets}
 
     @property
@@ -397,6 +403,16 @@ def load_step(owner, Tb: int, rows: int | None):
                 return compiled(*args)
 
         return run
+    path = build_step(owner, Tb, rows)
+    if owner.kernel is not None:
+        kernels.load_library()  # the package calls its ops
+    from torch._inductor import aoti_load_package
+
+    return aoti_load_package(path)
+
+
+def build_step(owner, Tb: int, rows: int | None) -> str:
+    """Build the package of the step of ``rows`` x Tb tokens into ``owner.folder`` unless it is there -> its path."""
     path = step_package(owner.folder, rows, Tb, owner.kernel)
     if not os.path.exists(path):
         _set_step_attention(owner.model)  # exported with it; the model gets its own back after
@@ -409,11 +425,7 @@ def load_step(owner, Tb: int, rows: int | None):
                                Tb, rows, invariant=ours)  # fmt: skip
         finally:
             _restore_attention(owner.model)
-    if owner.kernel is not None:
-        kernels.load_library()  # the package calls its ops
-    from torch._inductor import aoti_load_package
-
-    return aoti_load_package(path)
+    return path
 
 
 def package_folder(model, autotune: bool) -> str:
