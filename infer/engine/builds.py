@@ -77,8 +77,18 @@ def build_in_parallel(owner, jobs: list[tuple[int, int | None]]) -> None:
         shapes = ", ".join(f"{r or 'B'}x{t}" for g in groups[1:] for t, r in g)
         print(f"engine: building the steps {shapes} (rows x tokens) in {len(children)} more process(es) "
               "meanwhile", flush=True)  # fmt: skip
-    for t, r in groups[0]:
-        build_step(owner, t, r)
+    try:
+        for t, r in groups[0]:
+            build_step(owner, t, r)
+    except (
+        BaseException
+    ):  # this build failed (the engine falls back to eager) or was interrupted: stop theirs too
+        for proc, log in children:
+            proc.kill()
+            proc.wait()
+            log.close()
+            os.unlink(log.name)
+        raise
     for proc, log in children:
         proc.wait()
         log.seek(0)

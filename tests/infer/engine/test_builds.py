@@ -46,9 +46,16 @@ def test_a_package_built_in_a_child_process_equals_one_built_here(tmp_path, monk
     )
     side = CompiledEngine(model, buckets=(1, 4), autotune=False, folder=str(tmp_path / "side"), verbose=True)
     assert "in 1 more process(es)" in capsys.readouterr().out
-    monkeypatch.setenv("MEDUSA_PARALLEL_BUILDS", "0")
+    monkeypatch.setattr(builds, "cores", lambda: 1)
     here = CompiledEngine(model, buckets=(1, 4), autotune=False, folder=str(tmp_path / "here"), verbose=True)
     assert "more process" not in capsys.readouterr().out
+    import infer.engine.single as single
+
+    monkeypatch.setattr(builds, "cores", lambda: 2)  # a child that refuses (other weights): built here after
+    monkeypatch.setattr(single, "weights_fingerprint", lambda model: "not these weights")
+    CompiledEngine(model, buckets=(1, 4), autotune=False, folder=str(tmp_path / "fallback"), verbose=True)
+    assert "a side build failed (error: the weights on disk are not the engine's" in capsys.readouterr().out
+    assert len(list((tmp_path / "fallback").glob("step-*.pt2"))) == 2
     prompt = torch.randint(3, 500, (1, 9), generator=torch.Generator().manual_seed(0))
     tokens, offsets = torch.tensor([5, 6, 7]), torch.tensor([0, 1, 1])
     tree = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
