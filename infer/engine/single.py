@@ -626,8 +626,8 @@ def make_engine(model, name: str = "auto", buckets=DEFAULT_BUCKETS, verbose: boo
     if name == "auto":
         rec = read_record(model, buckets)
         folder = package_folder(model, options.get("autotune", True))
-        built = options.get("backend", "aoti") != "aoti" or all(
-            os.path.exists(step_package(folder, 1, b)) for b in buckets
+        built = options.get("backend", "aoti") != "aoti" or all(  # named with our kernels where they run
+            os.path.exists(step_package(folder, 1, b, kernels.wanted(model))) for b in buckets
         )
         if rec is None or not built:
             return EagerEngine(

@@ -151,6 +151,12 @@ def test_a_compiled_step_with_the_kernels_agrees_with_eager_bf16(bf16_oracle):
     scale = out[1].abs().max().item()
     assert (out[0] - out[1]).abs().max().item() < 0.05 * scale
     assert (out[0].argmax(-1) == out[1].argmax(-1)).float().mean() >= 0.75
+    # --engine auto finds these packages (named with the kernels) once a build here measured them: it never did
+    from infer.engine.single import build_compiled, make_engine
+
+    _, rec = build_compiled(model, (1, 8), verbose=False)  # loads the fixture's packages, times both engines
+    auto, reason = make_engine(model, "auto", buckets=(1, 8), verbose=False)
+    assert "not built" not in reason and (auto.name == "compiled") == rec["faster"], reason
 
 
 @pytest.mark.slow
