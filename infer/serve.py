@@ -30,7 +30,8 @@ import torch
 from .cli import fail
 from .decode.batch import BatchDecoder
 from .decode.single import DRAFTERS, DecodeConfig, Sampling, tree_room
-from .engine.single import ENGINES
+from .engine import kernels
+from .engine.single import ENGINES, cache_shape
 from .model.backbone import check_window
 from .pipeline import Pipeline
 
@@ -134,10 +135,8 @@ def greedy_determinism(model, engine) -> str:
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     if dtype == "float32":
         return "greedy answers depend only on the request (float32)"
-    config = getattr(model.config, "get_text_config", lambda: model.config)()
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    soft = getattr(config, "attn_logit_softcapping", None)
-    if getattr(engine, "kernel", None) and head_dim in (64, 128, 256) and not soft:
+    soft = getattr(model.config, "attn_logit_softcapping", None)  # soft-capped attention: not our kernel's
+    if getattr(engine, "kernel", None) and cache_shape(model)[2] in kernels.HEAD_DIMS and not soft:
         return (
             f"greedy answers depend only on the request ({dtype}: our batch-invariant kernels in every step)"
         )

@@ -46,7 +46,7 @@ from .single import (
     EngineError,
     _restore_attention,
     failure_line,
-    load_step,
+    load_steps,
     prefill_into,
     step_package,
 )
@@ -179,12 +179,7 @@ class CompiledBatchEngine:
             )
         self.steps = steps  # (rows: an int, or None for any, tokens) -> the compiled step
         if steps is None:
-            shapes = step_shapes(self.buckets, self.fixed_shapes)
-            if self.backend == "aoti":  # the missing packages built side by side where cores allow
-                from .builds import build_in_parallel
-
-                build_in_parallel(self, [(b, r) for r, b in shapes])
-            self.steps = {(r, b): load_step(self, b, r) for r, b in shapes}
+            self.steps = load_steps(self, step_shapes(self.buckets, self.fixed_shapes))
         self.kv: list[torch.Tensor] = []  # every layer's keys, then values [rows, kv_heads, S, D]
         self.lengths: list[int] = []  # each row's tokens = its cache slots in use = its next position id
         # the slots each row may come to hold (prompt + new tokens + tree room)

@@ -32,6 +32,7 @@ import types
 import torch
 from torch import nn
 
+HEAD_DIMS = (64, 128, 256)  # the attention kernel's head sizes
 KERNEL_VERSION = 5  # bumped with the sources: part of the library's name, so in the package file names
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [os.path.join(HERE, "bf16_linear.cpp"), os.path.join(HERE, "attention.cpp")]
@@ -157,7 +158,7 @@ def attention_fits(query, key, softcap=None, **kwargs) -> bool:
         _attention_on[0]
         and query.dtype == key.dtype == torch.bfloat16
         and query.device.type == "cpu"
-        and query.shape[-1] in (64, 128, 256)
+        and query.shape[-1] in HEAD_DIMS
         and softcap is None
         and kwargs.get("s_aux") is None
         and kwargs.get("sinks") is None

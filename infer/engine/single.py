@@ -283,13 +283,8 @@ class CompiledEngine:
         if backend == "inductor":  # traced lazily at the first call: the model keeps eager attention
             _set_step_attention(model)
         self.module = StepModule(model).eval()
-        if (
-            backend == "aoti"
-        ):  # the missing packages built side by side where cores allow (infer/engine/builds.py)
-            from .builds import build_in_parallel
-
-            build_in_parallel(self, [(b, 1) for b in self.buckets])
-        self.steps = {b: self._load_or_build(b) for b in self.buckets}
+        steps = load_steps(self, [(1, b) for b in self.buckets])
+        self.steps = {b: steps[(1, b)] for b in self.buckets}
 
     @property
     def capacity(self) -> int:
@@ -300,10 +295,6 @@ class CompiledEngine:
             if b >= T:
                 return b
         raise EngineError(f"a step of {T} tokens exceeds the largest compiled step ({self.buckets[-1]})")
-
-    # ------------------------------------------------------------------------------------------ building
-    def _load_or_build(self, Tb: int):
-        return load_step(self, Tb, rows=1)
 
     # ---------------------------------------------------------------------------------------- the cache
     def _ensure(self, capacity: int) -> None:
@@ -384,6 +375,16 @@ def step_package(folder: str, rows: int | None, Tb: int, kernel: str | None = No
     if kernel is not None:
         name += f"-{kernel}"
     return os.path.join(folder, f"{name}.pt2")
+
+
+def load_steps(owner, shapes: list[tuple[int | None, int]]) -> dict:
+    """The compiled steps of ``shapes`` ((rows, tokens) each, see :func:`load_step`) for ``owner`` -> {shape: step};
+    packages not on disk yet are built first, side by side where cores allow (:mod:`infer.engine.builds`)."""
+    if owner.backend == "aoti":
+        from .builds import build_in_parallel
+
+        build_in_parallel(owner, [(t, r) for r, t in shapes])
+    return {(r, t): load_step(owner, t, r) for r, t in shapes}
 
 
 def load_step(owner, Tb: int, rows: int | None):
